@@ -1,1 +1,288 @@
-fn main() {}
+//! `lowbit`: run, evaluate and (soon) compress language models.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use lowbit_model::sampling::Sampler;
+use lowbit_model::source::{load_model, LoadedModel};
+
+#[derive(Parser)]
+#[command(name = "lowbit", version, about = "Compress, evaluate and run large language models in low precision")]
+struct Cli {
+    /// Worker threads (default: all cores).
+    #[arg(short = 't', long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate a continuation of a prompt, streamed to stdout.
+    Run(RunArgs),
+    /// Measure model quality.
+    #[command(subcommand)]
+    Eval(EvalCommand),
+    /// Show a model's config, tokenizer and tensors.
+    Info(InfoArgs),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Model: GGUF file, HF directory, llama2.c .bin, or hub id (org/name).
+    #[arg(short, long)]
+    model: String,
+    /// Prompt text.
+    #[arg(short, long, default_value = "Once upon a time")]
+    prompt: String,
+    /// Tokens to generate.
+    #[arg(short = 'n', long = "n-predict", default_value_t = 64)]
+    n: usize,
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// Nucleus sampling mass.
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f32,
+    /// Sampling seed.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Do not stop at the end-of-sequence token.
+    #[arg(long)]
+    ignore_eos: bool,
+    /// Print one JSON object (text, token ids, timings) instead of streaming.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum EvalCommand {
+    /// Perplexity with llama.cpp's llama-perplexity protocol.
+    Ppl(PplArgs),
+}
+
+#[derive(Args)]
+struct PplArgs {
+    #[arg(short, long)]
+    model: String,
+    /// Text file to score (e.g. wikitext-2-raw test).
+    #[arg(long)]
+    text: PathBuf,
+    /// Tokens per chunk.
+    #[arg(long, default_value_t = 512)]
+    ctx: usize,
+    /// Score only the first N chunks.
+    #[arg(long)]
+    chunks: Option<usize>,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct InfoArgs {
+    #[arg(short, long)]
+    model: String,
+    /// List every tensor.
+    #[arg(long)]
+    tensors: bool,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Some(t) = cli.threads {
+        if let Err(e) = rayon::ThreadPoolBuilder::new().num_threads(t.max(1)).build_global() {
+            eprintln!("lowbit: cannot set threads: {e}");
+        }
+    }
+    let result = match cli.command {
+        Command::Run(a) => run(a),
+        Command::Eval(EvalCommand::Ppl(a)) => eval_ppl(a),
+        Command::Info(a) => info(a),
+    };
+    if let Err(e) = result {
+        eprintln!("lowbit: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn open(spec: &str) -> Result<LoadedModel> {
+    load_model(spec).with_context(|| format!("cannot load model '{spec}'"))
+}
+
+/// Emits whole UTF-8 characters as token bytes arrive.
+struct Utf8Stream {
+    pending: Vec<u8>,
+}
+
+impl Utf8Stream {
+    fn push(&mut self, bytes: &[u8]) -> String {
+        self.pending.extend_from_slice(bytes);
+        match std::str::from_utf8(&self.pending) {
+            Ok(s) => {
+                let out = s.to_string();
+                self.pending.clear();
+                out
+            }
+            Err(e) => {
+                let valid = e.valid_up_to();
+                let out = String::from_utf8_lossy(&self.pending[..valid]).into_owned();
+                if e.error_len().is_some() {
+                    // Invalid, not merely incomplete: emit replacement and drop.
+                    let rest = String::from_utf8_lossy(&self.pending[valid..]).into_owned();
+                    self.pending.clear();
+                    return out + &rest;
+                }
+                self.pending.drain(..valid);
+                out
+            }
+        }
+    }
+}
+
+fn run(a: RunArgs) -> Result<()> {
+    let m = open(&a.model)?;
+    let model = m.transformer()?;
+    let tok = &m.tokenizer;
+    let prompt_ids = tok.encode(&a.prompt, tok.add_bos_by_default());
+    if prompt_ids.is_empty() {
+        bail!("the prompt encodes to no tokens");
+    }
+    let capacity = prompt_ids.len() + a.n;
+    if capacity > m.config.max_position {
+        eprintln!(
+            "lowbit: warning: {} tokens is beyond the model's trained context of {}",
+            capacity, m.config.max_position
+        );
+    }
+    let mut state = model.new_state(capacity);
+    let mut sampler = Sampler::new(a.temperature, a.top_p, a.seed);
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let mut stream = Utf8Stream { pending: Vec::new() };
+    let mut text = a.prompt.clone();
+    if !a.json {
+        write!(out, "{}", a.prompt)?;
+        out.flush()?;
+    }
+    let t0 = Instant::now();
+    let logits = model.forward(&mut state, &prompt_ids, prompt_ids.len() - 1)?;
+    let prefill_s = t0.elapsed().as_secs_f64();
+    let mut next = sampler.sample(&logits);
+    let mut generated = Vec::new();
+    let t1 = Instant::now();
+    for i in 0..a.n {
+        if !a.ignore_eos && Some(next) == tok.eos() {
+            break;
+        }
+        generated.push(next);
+        let piece = stream.push(&tok.token_bytes(next));
+        text.push_str(&piece);
+        if !a.json {
+            write!(out, "{piece}")?;
+            out.flush()?;
+        }
+        if i + 1 == a.n {
+            break;
+        }
+        let logits = model.forward(&mut state, &[next], 0)?;
+        next = sampler.sample(&logits);
+    }
+    let decode_s = t1.elapsed().as_secs_f64();
+    let prefill_tps = prompt_ids.len() as f64 / prefill_s.max(1e-9);
+    let decode_tps = generated.len().saturating_sub(1) as f64 / decode_s.max(1e-9);
+    if a.json {
+        let j = serde_json::json!({
+            "text": text,
+            "prompt_ids": prompt_ids,
+            "ids": generated,
+            "prefill_tokens_per_second": prefill_tps,
+            "decode_tokens_per_second": decode_tps,
+        });
+        writeln!(out, "{j}")?;
+    } else {
+        writeln!(out)?;
+    }
+    eprintln!(
+        "lowbit: prefill {} tokens at {:.1} tokens/s, decode {} tokens at {:.1} tokens/s",
+        prompt_ids.len(),
+        prefill_tps,
+        generated.len(),
+        decode_tps
+    );
+    Ok(())
+}
+
+fn eval_ppl(a: PplArgs) -> Result<()> {
+    let m = open(&a.model)?;
+    let model = m.transformer()?;
+    let text = std::fs::read_to_string(&a.text).with_context(|| format!("cannot read text file {}", a.text.display()))?;
+    let add_bos = m.tokenizer.add_bos_by_default();
+    let t0 = Instant::now();
+    let tokens = m.tokenizer.encode(&text, add_bos);
+    let tok_s = t0.elapsed().as_secs_f64();
+    let bos = if add_bos { m.tokenizer.bos() } else { None };
+    let total = (tokens.len() / a.ctx.max(1)).min(a.chunks.unwrap_or(usize::MAX));
+    if !a.json {
+        eprintln!(
+            "lowbit: {} tokens ({:.2} s to tokenize), {} chunks of {}",
+            tokens.len(),
+            tok_s,
+            total,
+            a.ctx
+        );
+    }
+    let bar = indicatif::ProgressBar::new(total as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} chunks  {msg}  [{elapsed_precise}, eta {eta}]")
+            .unwrap(),
+    );
+    if a.json {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let r = lowbit_eval::perplexity(&model, &tokens, bos, a.ctx, a.chunks, |_, _, ppl| {
+        bar.inc(1);
+        bar.set_message(format!("ppl {ppl:.4}"));
+    })?;
+    bar.finish_and_clear();
+    if a.json {
+        let mut j = serde_json::to_value(&r)?;
+        j["model"] = serde_json::json!(a.model);
+        j["text"] = serde_json::json!(a.text);
+        j["text_tokens"] = serde_json::json!(tokens.len());
+        println!("{j}");
+    } else {
+        for (i, p) in r.chunk_ppl.iter().enumerate() {
+            println!("chunk {:>4}  ppl {:.4}", i + 1, p);
+        }
+        println!(
+            "PPL = {:.4} +/- {:.5}   ({} chunks of {}, {} scored tokens, {:.1} tokens/s, {:.1} s)",
+            r.ppl, r.ppl_stderr, r.chunks, r.ctx, r.scored, r.tokens_per_second, r.seconds
+        );
+    }
+    Ok(())
+}
+
+fn info(a: InfoArgs) -> Result<()> {
+    let m = open(&a.model)?;
+    println!("source: {}  path: {}", m.source, m.path.display());
+    println!("{:#?}", m.config);
+    println!(
+        "tokenizer: vocab {}  bos {:?}  eos {:?}  add_bos {}",
+        m.tokenizer.vocab_size(),
+        m.tokenizer.bos(),
+        m.tokenizer.eos(),
+        m.tokenizer.add_bos_by_default()
+    );
+    println!("tensors: {}  bytes: {}", m.weights.names().count(), m.weights.total_bytes());
+    if a.tensors {
+        for n in m.weights.names() {
+            let e = m.weights.entry(n).unwrap();
+            println!("{n:60} {:>8} {:?}", e.dtype.name(), e.shape);
+        }
+    }
+    Ok(())
+}

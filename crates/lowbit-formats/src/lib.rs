@@ -7,7 +7,7 @@ pub mod ggml;
 pub mod dequant;
 
 pub use ggml::GgmlType;
-pub use dequant::{dequantize, dequantize_row};
+pub use dequant::{dequantize, dequantize_row, dequantize_rows, row_bytes};
 
 /// Errors of this crate. Callers add the file and tensor name.
 #[derive(Debug, Clone, PartialEq, Eq)]

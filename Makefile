@@ -1,0 +1,22 @@
+# lowbit: the two commands every fresh machine needs, and a few more.
+SHELL := /bin/bash
+CARGO ?= cargo
+PYTHON ?= python3
+export LOWBIT_CACHE ?= $(HOME)/.cache/lowbit
+
+.PHONY: demo test build gemma fmt
+
+build:
+	$(CARGO) build --release -p lowbit
+
+gemma:
+	@$(PYTHON) --version >/dev/null
+	@PYTHON=$(PYTHON) bash scripts/fetch-gemma.sh >/dev/null
+
+# Fetch Gemma-3-270M (GGUF Q4_K_M) once, run it, measure its perplexity, print a table.
+demo: build gemma
+	@PYTHON=$(PYTHON) bash scripts/demo.sh
+
+# The test suite CI runs: debug build (kernels optimized), Gemma fetched once into the cache.
+test: gemma
+	$(CARGO) test --workspace

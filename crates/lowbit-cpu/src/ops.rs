@@ -1,0 +1,147 @@
+//! Element-wise and row-wise ops on f32 activations.
+
+/// RMSNorm of each `dim`-sized row of `x` in place: `x / rms(x) * (offset + w)`.
+/// `offset` is 1.0 for Gemma checkpoints in HF layout (which store `w - 1`), else 0.0.
+pub fn rmsnorm(x: &mut [f32], w: &[f32], eps: f32, offset: f32) {
+    let dim = w.len();
+    for row in x.chunks_exact_mut(dim) {
+        let ss: f64 = row.iter().map(|v| (*v as f64) * (*v as f64)).sum();
+        let inv = 1.0 / ((ss / dim as f64) as f32 + eps).sqrt();
+        for (v, g) in row.iter_mut().zip(w) {
+            *v = *v * inv * (offset + g);
+        }
+    }
+}
+
+/// How rotary embeddings pair the dimensions of a head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// Dimension i is paired with i + head_dim/2 (HF `rotate_half`, GPT-NeoX).
+    Neox,
+    /// Dimension 2i is paired with 2i+1 (llama2.c, GGUF llama with its permuted Q/K).
+    Interleaved,
+}
+
+/// Precomputed inverse frequencies for one rope configuration.
+#[derive(Debug, Clone)]
+pub struct Rope {
+    pub style: RopeStyle,
+    /// Rotated dimensions per head (≤ head_dim).
+    pub rot_dim: usize,
+    pub inv_freq: Vec<f32>,
+    /// Multiplier on cos/sin (YaRN attention factor); 1.0 otherwise.
+    pub mscale: f32,
+}
+
+impl Rope {
+    /// Rotate the heads of `x` (`tokens × n_heads × head_dim`) for positions `pos0..pos0+tokens`.
+    pub fn apply(&self, x: &mut [f32], n_heads: usize, head_dim: usize, pos0: usize) {
+        let half = self.rot_dim / 2;
+        let tokens = x.len() / (n_heads * head_dim);
+        let mut cos = vec![0f32; half];
+        let mut sin = vec![0f32; half];
+        for t in 0..tokens {
+            let p = (pos0 + t) as f32;
+            for i in 0..half {
+                let a = p * self.inv_freq[i];
+                cos[i] = a.cos() * self.mscale;
+                sin[i] = a.sin() * self.mscale;
+            }
+            for h in 0..n_heads {
+                let v = &mut x[(t * n_heads + h) * head_dim..(t * n_heads + h + 1) * head_dim];
+                match self.style {
+                    RopeStyle::Neox => {
+                        for i in 0..half {
+                            let (a, b) = (v[i], v[i + half]);
+                            v[i] = a * cos[i] - b * sin[i];
+                            v[i + half] = b * cos[i] + a * sin[i];
+                        }
+                    }
+                    RopeStyle::Interleaved => {
+                        for i in 0..half {
+                            let (a, b) = (v[2 * i], v[2 * i + 1]);
+                            v[2 * i] = a * cos[i] - b * sin[i];
+                            v[2 * i + 1] = b * cos[i] + a * sin[i];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+pub fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+/// GELU with the tanh approximation (`gelu_pytorch_tanh`).
+pub fn gelu_tanh(x: f32) -> f32 {
+    const C: f32 = 0.797_884_6; // sqrt(2/pi)
+    0.5 * x * (1.0 + (C * (x + 0.044715 * x * x * x)).tanh())
+}
+
+/// Softmax in place, in f32 with max subtraction.
+pub fn softmax(x: &mut [f32]) {
+    let m = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut s = 0f32;
+    for v in x.iter_mut() {
+        *v = (*v - m).exp();
+        s += *v;
+    }
+    let inv = 1.0 / s;
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
+}
+
+/// `a += b` element-wise.
+pub fn add_assign(a: &mut [f32], b: &[f32]) {
+    for (x, y) in a.iter_mut().zip(b) {
+        *x += y;
+    }
+}
+
+/// log-sum-exp of a row, in f64 for the perplexity sums.
+pub fn log_sum_exp(x: &[f32]) -> f64 {
+    let m = x.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let s: f64 = x.iter().map(|v| ((*v as f64) - m).exp()).sum();
+    m + s.ln()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rope_styles_agree_up_to_permutation() {
+        // Interleaved on a permuted vector equals Neox on the original.
+        let hd = 8;
+        let rope_n = Rope { style: RopeStyle::Neox, rot_dim: hd, inv_freq: vec![1.0, 0.1, 0.01, 0.001], mscale: 1.0 };
+        let rope_i = Rope { style: RopeStyle::Interleaved, ..rope_n.clone() };
+        let x: Vec<f32> = (0..hd).map(|i| i as f32 * 0.3 - 1.0).collect();
+        let perm: Vec<usize> = (0..hd / 2).flat_map(|i| [i, i + hd / 2]).collect();
+        let mut a = x.clone();
+        rope_n.apply(&mut a, 1, hd, 5);
+        let mut b: Vec<f32> = perm.iter().map(|&p| x[p]).collect();
+        rope_i.apply(&mut b, 1, hd, 5);
+        for (k, &p) in perm.iter().enumerate() {
+            assert!((a[p] - b[k]).abs() < 1e-6);
+        }
+    }
+
+    #[test]
+    fn rmsnorm_unit() {
+        let mut x = vec![3.0f32, 4.0];
+        rmsnorm(&mut x, &[1.0, 2.0], 0.0, 0.0);
+        let r = (12.5f32).sqrt();
+        assert!((x[0] - 3.0 / r).abs() < 1e-6 && (x[1] - 8.0 / r).abs() < 1e-6);
+    }
+
+    #[test]
+    fn softmax_sums_to_one() {
+        let mut x = vec![1.0f32, 2.0, 3.0, -1e4];
+        softmax(&mut x);
+        assert!((x.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert!(x[3] == 0.0);
+    }
+}
