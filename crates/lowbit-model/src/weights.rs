@@ -175,3 +175,48 @@ impl WeightStore {
         self.tensors.values().map(|e| e.len).sum()
     }
 }
+
+/// An owned handle to one stored tensor: keeps its backing alive, so architectures can hold weights
+/// without borrowing the store.
+#[derive(Clone)]
+pub struct TensorHandle {
+    pub name: String,
+    pub dtype: GgmlType,
+    pub shape: Vec<usize>,
+    backing: Arc<Backing>,
+    offset: usize,
+    len: usize,
+}
+
+impl TensorHandle {
+    pub fn data(&self) -> &[u8] {
+        &self.backing.bytes()[self.offset..self.offset + self.len]
+    }
+    pub fn elements(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+impl std::fmt::Debug for TensorHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {:?} {}", self.name, self.shape, self.dtype)
+    }
+}
+
+impl WeightStore {
+    /// An owned handle to a tensor, or an error naming the file and tensor.
+    pub fn handle(&self, name: &str) -> Result<TensorHandle> {
+        let e = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| ModelError::tensor(&self.path, name, "missing from the model"))?;
+        Ok(TensorHandle {
+            name: name.to_string(),
+            dtype: e.dtype,
+            shape: e.shape.clone(),
+            backing: self.backings[e.backing].clone(),
+            offset: e.offset,
+            len: e.len,
+        })
+    }
+}

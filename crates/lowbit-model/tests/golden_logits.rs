@@ -1,0 +1,103 @@
+//! Every architecture against transformers: random-init tiny configs written by
+//! scripts/gen_golden_logits.py (tests/fixtures/golden/<arch>/). Prefill logits and 4 decode
+//! steps through the KV cache must match within 1e-4 relative L2 error.
+
+use std::path::{Path, PathBuf};
+
+use lowbit_model::config::from_hf_config;
+use lowbit_model::safetensors_dir::open_hf_dir;
+use lowbit_model::Transformer;
+
+const BOUND: f64 = 1e-4;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/golden")
+}
+
+fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let num: f64 = a.iter().zip(b).map(|(x, y)| ((*x - *y) as f64).powi(2)).sum();
+    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+    (num / den).sqrt()
+}
+
+fn read_f32(st: &safetensors::SafeTensors, name: &str) -> Vec<f32> {
+    let t = st.tensor(name).unwrap_or_else(|e| panic!("{name}: {e}"));
+    assert_eq!(t.dtype(), safetensors::Dtype::F32);
+    t.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+}
+
+fn ids(v: &serde_json::Value, key: &str) -> Vec<u32> {
+    v[key].as_array().unwrap_or_else(|| panic!("golden.json lacks {key}")).iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
+fn check_arch(arch: &str) {
+    let dir = fixtures().join(arch);
+    let (cfg_json, weights) = open_hf_dir(&dir).unwrap_or_else(|e| panic!("{e}"));
+    let config = from_hf_config(&cfg_json, &dir.join("config.json")).unwrap_or_else(|e| panic!("{e}"));
+    let vocab = config.vocab_size;
+    let model = Transformer::load(config, &weights).unwrap_or_else(|e| panic!("{arch}: {e}"));
+    let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("golden.json")).unwrap()).unwrap();
+    let bytes = std::fs::read(dir.join("golden.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let prefill = ids(&meta, "prefill_ids");
+    let decode = ids(&meta, "decode_ids");
+    let want_prefill = read_f32(&st, "prefill_logits");
+    let want_decode = read_f32(&st, "decode_logits");
+
+    let mut state = model.new_state(prefill.len() + decode.len());
+    let got = model.forward(&mut state, &prefill, 0).unwrap();
+    let e = rel_l2(&got, &want_prefill);
+    println!("{arch}: prefill of {} tokens: rel L2 {e:.2e}", prefill.len());
+    assert!(e < BOUND, "{arch}: prefill logits rel L2 error {e:.3e} > {BOUND:e}");
+    for (i, &t) in decode.iter().enumerate() {
+        let got = model.forward(&mut state, &[t], 0).unwrap();
+        let e = rel_l2(&got, &want_decode[i * vocab..(i + 1) * vocab]);
+        println!("{arch}: decode step {i}: rel L2 {e:.2e}");
+        assert!(e < BOUND, "{arch}: decode step {i} logits rel L2 error {e:.3e} > {BOUND:e}");
+    }
+}
+
+#[test]
+fn all_golden_architectures_are_present() {
+    for arch in ["llama", "llama_tied", "mistral", "qwen2", "qwen3", "gemma3", "mixtral", "qwen2_moe", "qwen3_moe"] {
+        assert!(fixtures().join(arch).join("golden.json").exists(), "missing golden fixture for {arch}");
+    }
+}
+
+#[test]
+fn golden_llama() {
+    check_arch("llama");
+}
+#[test]
+fn golden_llama_tied() {
+    check_arch("llama_tied");
+}
+#[test]
+fn golden_mistral() {
+    check_arch("mistral");
+}
+#[test]
+fn golden_qwen2() {
+    check_arch("qwen2");
+}
+#[test]
+fn golden_qwen3() {
+    check_arch("qwen3");
+}
+#[test]
+fn golden_gemma3() {
+    check_arch("gemma3");
+}
+#[test]
+fn golden_mixtral() {
+    check_arch("mixtral");
+}
+#[test]
+fn golden_qwen2_moe() {
+    check_arch("qwen2_moe");
+}
+#[test]
+fn golden_qwen3_moe() {
+    check_arch("qwen3_moe");
+}
