@@ -5,9 +5,11 @@
 
 pub mod ggml;
 pub mod dequant;
+pub mod quant;
 
 pub use ggml::GgmlType;
 pub use dequant::{dequantize, dequantize_row, dequantize_rows, row_bytes};
+pub use quant::{quantize, quantize_rows};
 
 /// Errors of this crate. Callers add the file and tensor name.
 #[derive(Debug, Clone, PartialEq, Eq)]

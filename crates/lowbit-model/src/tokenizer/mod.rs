@@ -1,6 +1,12 @@
 //! Tokenizers: SentencePiece-style (llama, gemma) and byte-level BPE (gpt2, qwen2) read from GGUF
 //! metadata, the llama2.c `tok*.bin` vocabulary, and HF `tokenizer.json` through the `tokenizers` crate.
 
+pub mod bpe;
+pub mod gguf;
+pub mod hf;
+pub mod llama2c;
+pub mod spm;
+
 /// What every tokenizer offers. Token ids are u32.
 pub trait Tokenizer: Send + Sync {
     /// Encode text. `add_bos` prepends the BOS token when the tokenizer has one.

@@ -1,0 +1,161 @@
+//! Quantization (encoding) of f32 data into GGML block types.
+//!
+//! Two references, per type:
+//! - Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, MXFP4, TQ1_0, TQ2_0 (and F32/F16/BF16) follow gguf-py's numpy
+//!   `gguf.quants.quantize` operation by operation and are tested byte-for-byte against it.
+//!   Where numpy's float -> uint8 cast matters (out-of-range or NaN intermediate values) we mimic
+//!   what it does on x86-64: truncate to i32, keep the low byte, NaN/inf give 0.
+//! - Q2_K, Q3_K, Q4_K, Q5_K, Q6_K and IQ4_NL follow llama.cpp's reference quantizers
+//!   (`quantize_row_*_ref` in ggml-quants.c, no importance matrix) with the same f32 operation
+//!   order and no fused multiply-adds. gguf-py cannot quantize these, so no bit-exact oracle was
+//!   available; they are tested by round-trip properties.
+
+mod kquants;
+mod legacy;
+
+use crate::{FormatError, GgmlType};
+
+/// Whether [`quantize`] can encode `ty`.
+pub fn is_quantize_supported(ty: GgmlType) -> bool {
+    use GgmlType::*;
+    matches!(
+        ty,
+        F32 | F16
+            | BF16
+            | Q4_0
+            | Q4_1
+            | Q5_0
+            | Q5_1
+            | Q8_0
+            | Q2_K
+            | Q3_K
+            | Q4_K
+            | Q5_K
+            | Q6_K
+            | IQ4_NL
+            | MXFP4
+            | TQ1_0
+            | TQ2_0
+    )
+}
+
+/// Quantize `src` (a whole number of blocks) into `dst` (exactly `ty.byte_len(src.len())` bytes).
+pub fn quantize(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<(), FormatError> {
+    let expected = ty.byte_len(src.len()).ok_or(FormatError::NotBlockAligned {
+        ty,
+        elements: src.len(),
+    })?;
+    if dst.len() != expected {
+        return Err(FormatError::WrongByteLength {
+            ty,
+            expected,
+            got: dst.len(),
+        });
+    }
+    encode(ty, src, dst)
+}
+
+/// Quantize `src.len() / cols` rows of `cols` elements; `dst` holds the rows back to back.
+pub fn quantize_rows(
+    ty: GgmlType,
+    src: &[f32],
+    cols: usize,
+    dst: &mut [u8],
+) -> Result<(), FormatError> {
+    let row_len = ty
+        .byte_len(cols)
+        .ok_or(FormatError::NotBlockAligned { ty, elements: cols })?;
+    if cols == 0 {
+        if !src.is_empty() || !dst.is_empty() {
+            return Err(FormatError::WrongByteLength {
+                ty,
+                expected: 0,
+                got: dst.len(),
+            });
+        }
+        return Ok(());
+    }
+    if src.len() % cols != 0 {
+        return Err(FormatError::NotBlockAligned {
+            ty,
+            elements: src.len(),
+        });
+    }
+    let expected = row_len
+        .checked_mul(src.len() / cols)
+        .ok_or(FormatError::NotBlockAligned {
+            ty,
+            elements: src.len(),
+        })?;
+    if dst.len() != expected {
+        return Err(FormatError::WrongByteLength {
+            ty,
+            expected,
+            got: dst.len(),
+        });
+    }
+    // Rows are block-aligned, so quantizing row by row equals quantizing the whole buffer;
+    // the loop keeps the per-call working set small.
+    for (s, d) in src.chunks_exact(cols).zip(dst.chunks_exact_mut(row_len)) {
+        encode(ty, s, d)?;
+    }
+    Ok(())
+}
+
+fn encode(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<(), FormatError> {
+    use GgmlType::*;
+    match ty {
+        F32 => {
+            for (d, s) in dst.chunks_exact_mut(4).zip(src) {
+                d.copy_from_slice(&s.to_le_bytes());
+            }
+        }
+        F16 => {
+            for (d, s) in dst.chunks_exact_mut(2).zip(src) {
+                d.copy_from_slice(&half::f16::from_f32(*s).to_le_bytes());
+            }
+        }
+        BF16 => {
+            for (d, s) in dst.chunks_exact_mut(2).zip(src) {
+                d.copy_from_slice(&f32_to_bf16_ggml(*s).to_le_bytes());
+            }
+        }
+        Q4_0 => legacy::q4_0(src, dst),
+        Q4_1 => legacy::q4_1(src, dst),
+        Q5_0 => legacy::q5_0(src, dst),
+        Q5_1 => legacy::q5_1(src, dst),
+        Q8_0 => legacy::q8_0(src, dst),
+        MXFP4 => legacy::mxfp4(src, dst),
+        IQ4_NL => legacy::iq4_nl(src, dst),
+        TQ1_0 => legacy::tq1_0(src, dst),
+        TQ2_0 => legacy::tq2_0(src, dst),
+        Q2_K => kquants::q2_k(src, dst),
+        Q3_K => kquants::q3_k(src, dst),
+        Q4_K => kquants::q4_k(src, dst),
+        Q5_K => kquants::q5_k(src, dst),
+        Q6_K => kquants::q6_k(src, dst),
+        other => return Err(FormatError::Unsupported(other)),
+    }
+    Ok(())
+}
+
+/// f32 -> bf16 as ggml (and gguf-py) do it: NaN made quiet, otherwise round to nearest even.
+pub fn f32_to_bf16_ggml(x: f32) -> u16 {
+    let n = x.to_bits();
+    if n & 0x7fff_ffff > 0x7f80_0000 {
+        return ((n >> 16) | 64) as u16;
+    }
+    ((n as u64 + (0x7fff + ((n >> 16) & 1)) as u64) >> 16) as u16
+}
+
+/// An f32 stored as little-endian f16 (round to nearest even, overflow to inf).
+#[inline(always)]
+fn put_f16(dst: &mut [u8], v: f32) {
+    dst[..2].copy_from_slice(&half::f16::from_f32(v).to_le_bytes());
+}
+
+/// The f16 value an f32 becomes when stored (what the decoder will see).
+#[inline(always)]
+fn f16_round(v: f32) -> f32 {
+    half::f16::from_f32(v).to_f32()
+}

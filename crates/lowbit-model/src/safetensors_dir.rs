@@ -1,0 +1,332 @@
+//! Hugging Face model directories: `config.json` plus `model.safetensors` or a sharded
+//! `model.safetensors.index.json`. Safetensors headers are parsed here (8-byte little-endian
+//! header length, JSON header, raw data) and validated against the file before any tensor is used.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use lowbit_formats::GgmlType;
+
+use crate::error::{ModelError, Result};
+use crate::weights::{Backing, TensorEntry, WeightStore};
+
+/// Largest JSON header accepted (the safetensors reference implementation uses the same cap);
+/// stops a corrupt length from making us parse or allocate gigabytes.
+pub const MAX_HEADER_LEN: u64 = 100_000_000;
+
+pub const SINGLE_FILE: &str = "model.safetensors";
+pub const INDEX_FILE: &str = "model.safetensors.index.json";
+
+/// One tensor of a safetensors file. `start..end` is relative to the data section.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SafetensorsTensor {
+    pub name: String,
+    pub dtype: GgmlType,
+    /// Row-major shape, as stored.
+    pub shape: Vec<usize>,
+    pub start: usize,
+    pub end: usize,
+}
+
+/// A validated safetensors header.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SafetensorsHeader {
+    /// Absolute file offset of the data section (8 + header length).
+    pub data_offset: usize,
+    /// Tensors sorted by name.
+    pub tensors: Vec<SafetensorsTensor>,
+    /// The optional `__metadata__` string map.
+    pub metadata: BTreeMap<String, String>,
+}
+
+fn dtype_of(name: &str) -> Option<GgmlType> {
+    match name {
+        "F32" => Some(GgmlType::F32),
+        "F16" => Some(GgmlType::F16),
+        "BF16" => Some(GgmlType::BF16),
+        _ => None,
+    }
+}
+
+/// Parse and validate the header of a safetensors file held in `bytes` (`path` is for error
+/// messages). Checks: header length inside the file, JSON shape, supported dtypes, that each
+/// tensor's byte count matches its shape, and that each byte range lies inside the data section.
+pub fn parse_safetensors_header(path: &Path, bytes: &[u8]) -> Result<SafetensorsHeader> {
+    let err = |msg: String| ModelError::format(path, msg);
+    if bytes.len() < 8 {
+        return Err(err(format!(
+            "truncated safetensors file: {} bytes, the header length alone needs 8",
+            bytes.len()
+        )));
+    }
+    let mut len_bytes = [0u8; 8];
+    len_bytes.copy_from_slice(&bytes[..8]);
+    let header_len = u64::from_le_bytes(len_bytes);
+    let available = (bytes.len() - 8) as u64;
+    if header_len > available {
+        return Err(err(format!(
+            "safetensors header length {header_len} is larger than the rest of the file ({available} bytes): truncated or not a safetensors file"
+        )));
+    }
+    if header_len > MAX_HEADER_LEN {
+        return Err(err(format!(
+            "safetensors header length {header_len} exceeds the {MAX_HEADER_LEN}-byte limit"
+        )));
+    }
+    let data_offset = 8 + header_len as usize;
+    let data_len = bytes.len() - data_offset;
+    let json: serde_json::Value = serde_json::from_slice(&bytes[8..data_offset])
+        .map_err(|e| err(format!("safetensors header is not valid JSON: {e}")))?;
+    let serde_json::Value::Object(map) = json else {
+        return Err(err("safetensors header is not a JSON object".into()));
+    };
+
+    let mut tensors = Vec::with_capacity(map.len());
+    let mut metadata = BTreeMap::new();
+    for (name, info) in &map {
+        if name == "__metadata__" {
+            let obj = info
+                .as_object()
+                .ok_or_else(|| err("__metadata__ is not a JSON object".into()))?;
+            for (k, v) in obj {
+                let v = v
+                    .as_str()
+                    .ok_or_else(|| err(format!("__metadata__ entry '{k}' is not a string")))?;
+                metadata.insert(k.clone(), v.to_string());
+            }
+            continue;
+        }
+        tensors.push(parse_tensor(path, name, info, data_len)?);
+    }
+    // serde_json's map is ordered by key unless `preserve_order` is on; sort to be sure.
+    tensors.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(SafetensorsHeader {
+        data_offset,
+        tensors,
+        metadata,
+    })
+}
+
+fn parse_tensor(
+    path: &Path,
+    name: &str,
+    info: &serde_json::Value,
+    data_len: usize,
+) -> Result<SafetensorsTensor> {
+    let terr = |msg: String| ModelError::tensor(path, name, msg);
+    let obj = info
+        .as_object()
+        .ok_or_else(|| terr("header entry is not a JSON object".into()))?;
+    let dtype_name = obj
+        .get("dtype")
+        .and_then(|v| v.as_str())
+        .ok_or_else(|| terr("missing or non-string \"dtype\"".into()))?;
+    let dtype = dtype_of(dtype_name).ok_or_else(|| {
+        terr(format!(
+            "dtype {dtype_name} is not supported (lowbit reads F32, F16 and BF16 safetensors)"
+        ))
+    })?;
+    let shape = obj
+        .get("shape")
+        .and_then(|v| v.as_array())
+        .ok_or_else(|| terr("missing or non-array \"shape\"".into()))?
+        .iter()
+        .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
+        .collect::<Option<Vec<usize>>>()
+        .ok_or_else(|| terr("\"shape\" must be a list of non-negative integers".into()))?;
+    let offsets = obj
+        .get("data_offsets")
+        .and_then(|v| v.as_array())
+        .filter(|a| a.len() == 2)
+        .and_then(|a| Some((a[0].as_u64()?, a[1].as_u64()?)))
+        .ok_or_else(|| terr("\"data_offsets\" must be [start, end] with integers".into()))?;
+    let (start, end) = offsets;
+    if start > end {
+        return Err(terr(format!(
+            "data_offsets [{start}, {end}]: start is after end"
+        )));
+    }
+    if end > data_len as u64 {
+        return Err(terr(format!(
+            "data_offsets [{start}, {end}] run past the end of the data section ({data_len} bytes)"
+        )));
+    }
+    let expected = shape
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .and_then(|n| dtype.byte_len(n))
+        .ok_or_else(|| terr(format!("shape {shape:?} overflows")))?;
+    if (end - start) as usize != expected {
+        return Err(terr(format!(
+            "shape {shape:?} of {dtype_name} needs {expected} bytes, data_offsets [{start}, {end}] hold {}",
+            end - start
+        )));
+    }
+    Ok(SafetensorsTensor {
+        name: name.to_string(),
+        dtype,
+        shape,
+        start: start as usize,
+        end: end as usize,
+    })
+}
+
+/// Memory-map one safetensors file and add its tensors to `store`; returns their names.
+pub fn add_safetensors_file(store: &mut WeightStore, path: &Path) -> Result<Vec<String>> {
+    let backing = Backing::map_file(path)?;
+    let header = parse_safetensors_header(path, backing.bytes())?;
+    let b = store.add_backing(backing);
+    let mut names = Vec::with_capacity(header.tensors.len());
+    for t in header.tensors {
+        if store.contains(&t.name) {
+            return Err(ModelError::tensor(
+                path,
+                &t.name,
+                "also present in another safetensors file of this model",
+            ));
+        }
+        let entry = TensorEntry {
+            dtype: t.dtype,
+            shape: t.shape,
+            backing: b,
+            offset: header.data_offset + t.start,
+            len: t.end - t.start,
+        };
+        store.insert(t.name.clone(), entry)?;
+        names.push(t.name);
+    }
+    Ok(names)
+}
+
+fn read_json(path: &Path) -> Result<serde_json::Value> {
+    let text = std::fs::read(path).map_err(|e| ModelError::io(path, e))?;
+    serde_json::from_slice(&text)
+        .map_err(|e| ModelError::format(path, format!("invalid JSON: {e}")))
+}
+
+/// The shard files of a `model.safetensors.index.json`, with the tensors each must contain.
+fn read_index(index_path: &Path) -> Result<BTreeMap<String, BTreeSet<String>>> {
+    let index = read_json(index_path)?;
+    let weight_map = index
+        .get("weight_map")
+        .and_then(|w| w.as_object())
+        .ok_or_else(|| ModelError::format(index_path, "no \"weight_map\" object"))?;
+    let mut shards: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (tensor, file) in weight_map {
+        let file = file.as_str().ok_or_else(|| {
+            ModelError::tensor(index_path, tensor, "weight_map entry is not a file name")
+        })?;
+        // Shards must sit next to the index: no directories, no "..".
+        let plain = Path::new(file).file_name().is_some_and(|n| n == file) && file != "..";
+        if !plain {
+            return Err(ModelError::tensor(
+                index_path,
+                tensor,
+                format!("shard name '{file}' is not a plain file name"),
+            ));
+        }
+        shards
+            .entry(file.to_string())
+            .or_default()
+            .insert(tensor.clone());
+    }
+    if shards.is_empty() {
+        return Err(ModelError::format(index_path, "\"weight_map\" is empty"));
+    }
+    Ok(shards)
+}
+
+/// Load all shards listed in an index into a new store.
+fn open_index(index_path: &Path) -> Result<WeightStore> {
+    let dir = index_path.parent().unwrap_or(Path::new("."));
+    let shards = read_index(index_path)?;
+    let mut store: Option<WeightStore> = None;
+    for (file, expected) in &shards {
+        let shard = dir.join(file);
+        if !shard.is_file() {
+            return Err(ModelError::format(
+                index_path,
+                format!(
+                    "shard {} is listed in the index but missing",
+                    shard.display()
+                ),
+            ));
+        }
+        let store = store.get_or_insert_with(|| WeightStore::new(&shard));
+        let names: BTreeSet<String> = add_safetensors_file(store, &shard)?.into_iter().collect();
+        if let Some(missing) = expected.difference(&names).next() {
+            return Err(ModelError::tensor(
+                &shard,
+                missing,
+                format!(
+                    "listed in {} for this shard but not in it",
+                    index_path.display()
+                ),
+            ));
+        }
+    }
+    // `shards` is non-empty, so a store exists.
+    store.ok_or_else(|| ModelError::format(index_path, "no shards"))
+}
+
+/// Open a Hugging Face model directory (or a `.safetensors` file inside one): returns the raw
+/// `config.json` and the weights under their HF names. Sharded models are read through
+/// `model.safetensors.index.json`; each shard is memory-mapped once.
+pub fn open_hf_dir(path: &Path) -> Result<(serde_json::Value, WeightStore)> {
+    let (dir, file): (PathBuf, Option<PathBuf>) = if path.is_file() {
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        (dir, Some(path.to_path_buf()))
+    } else if path.is_dir() {
+        (path.to_path_buf(), None)
+    } else {
+        return Err(ModelError::io(
+            path,
+            std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory"),
+        ));
+    };
+
+    let config_path = dir.join("config.json");
+    if !config_path.is_file() {
+        return Err(ModelError::unsupported(
+            &dir,
+            "no config.json in the model directory (an HF model directory needs config.json next to its safetensors)",
+        ));
+    }
+    let config = read_json(&config_path)?;
+
+    let index_path = dir.join(INDEX_FILE);
+    let store = match file {
+        // A shard of an indexed model stands for the whole model.
+        Some(f) if index_path.is_file() && shard_listed(&index_path, &f) => {
+            open_index(&index_path)?
+        }
+        Some(f) => {
+            let mut store = WeightStore::new(&f);
+            add_safetensors_file(&mut store, &f)?;
+            store
+        }
+        None if dir.join(SINGLE_FILE).is_file() => {
+            let f = dir.join(SINGLE_FILE);
+            let mut store = WeightStore::new(&f);
+            add_safetensors_file(&mut store, &f)?;
+            store
+        }
+        None if index_path.is_file() => open_index(&index_path)?,
+        None => {
+            return Err(ModelError::unsupported(
+                &dir,
+                format!("neither {SINGLE_FILE} nor {INDEX_FILE} in the model directory"),
+            ))
+        }
+    };
+    Ok((config, store))
+}
+
+/// Whether `file` is one of the shards named by the index (a broken index counts as "no").
+fn shard_listed(index_path: &Path, file: &Path) -> bool {
+    let name = file.file_name().map(|n| n.to_string_lossy().into_owned());
+    name.is_some_and(|n| read_index(index_path).is_ok_and(|s| s.contains_key(&n)))
+}
