@@ -6,6 +6,8 @@
 pub mod ggml;
 pub mod dequant;
 pub mod quant;
+pub mod rounding;
+pub mod minifloat;
 
 pub use ggml::GgmlType;
 pub use dequant::{dequantize, dequantize_row, dequantize_rows, row_bytes};

@@ -209,10 +209,15 @@ pub fn from_hf_config(cfg: &Value, path: &Path) -> Result<ModelConfig> {
     let num_layers = need("num_hidden_layers")?;
     let num_kv_heads = get_usize(cfg, "num_key_value_heads").unwrap_or(num_heads);
     let head_dim = get_usize(cfg, "head_dim").unwrap_or(hidden_size / num_heads.max(1));
+    // transformers < 5: rope_theta + rope_scaling; transformers 5: rope_parameters, either flat or
+    // keyed by layer type (Gemma 3: full_attention / sliding_attention).
+    let rope_params = cfg.get("rope_parameters").filter(|v| v.is_object());
+    let global_params = rope_params.map(|r| r.get("full_attention").unwrap_or(r));
+    let local_params = rope_params.and_then(|r| r.get("sliding_attention"));
     let rope_theta = get_f32(cfg, "rope_theta")
-        .or_else(|| cfg.get("rope_parameters").and_then(|r| get_f32(r, "rope_theta")))
+        .or_else(|| global_params.and_then(|r| get_f32(r, "rope_theta")))
         .unwrap_or(10000.0);
-    let scaling_v = cfg.get("rope_scaling").filter(|v| !v.is_null());
+    let scaling_v = cfg.get("rope_scaling").filter(|v| !v.is_null()).or(global_params);
     let rope_scaling = match scaling_v {
         None => RopeScaling::None,
         Some(s) => {
@@ -252,7 +257,11 @@ pub fn from_hf_config(cfg: &Value, path: &Path) -> Result<ModelConfig> {
                     *w = sliding;
                 }
             }
-            rope_local_theta = Some(get_f32(cfg, "rope_local_base_freq").unwrap_or(10000.0));
+            rope_local_theta = Some(
+                get_f32(cfg, "rope_local_base_freq")
+                    .or_else(|| local_params.and_then(|r| get_f32(r, "rope_theta")))
+                    .unwrap_or(10000.0),
+            );
             embedding_scale = Some((hidden_size as f32).sqrt());
             norm_weight_offset = 1.0;
             post_norms = true;
@@ -294,7 +303,9 @@ pub fn from_hf_config(cfg: &Value, path: &Path) -> Result<ModelConfig> {
                 .and_then(|v| v.as_array())
                 .map(|a| a.iter().filter_map(|x| x.as_u64().map(|x| x as usize)).collect())
                 .unwrap_or_default();
-            let num_experts = need("num_experts")?;
+            let num_experts = get_usize(cfg, "num_experts")
+                .or_else(|| get_usize(cfg, "num_local_experts"))
+                .ok_or_else(|| ModelError::format(path, "config.json lacks 'num_experts'"))?;
             let dense_layers = (0..num_layers)
                 .filter(|i| mlp_only.contains(i) || num_experts == 0 || (i + 1) % step != 0)
                 .collect();

@@ -89,6 +89,17 @@ fn gpt2_vectors() {
         }
         assert_eq!(tok.decode(&got), *text);
     }
+    // Whole-file speed: the per-call word cache keeps this well under a second.
+    let text = std::fs::read_to_string(data_dir().join("text/wikitext-2-raw-test.txt")).unwrap();
+    let start = std::time::Instant::now();
+    let ids = tok.encode(&text, false);
+    eprintln!(
+        "gpt-2: {} bytes -> {} tokens in {:.2?}",
+        text.len(),
+        ids.len(),
+        start.elapsed()
+    );
+    assert_eq!(tok.decode(&ids), text);
     assert!(
         bad.is_empty(),
         "{} of {} vectors differ:\n{}",

@@ -40,7 +40,13 @@ pub fn vocab_gguf(name: &str) -> Option<GgufFile> {
     };
     let repaired = cache_dir().join("tokenizers").join(name);
     match parse_gguf(&repaired) {
-        Ok(f) => Some(f),
+        Ok(f) => {
+            eprintln!(
+                "NOTE: shared {name} unusable ({shared_err}); using {}",
+                repaired.display()
+            );
+            Some(f)
+        }
         Err(e) => {
             eprintln!(
                 "SKIP: no usable {name}: shared copy: {shared_err}; repaired copy: {e} \
