@@ -4,7 +4,7 @@ CARGO ?= cargo
 PYTHON ?= python3
 export LOWBIT_CACHE ?= $(HOME)/.cache/lowbit
 
-.PHONY: demo test build gemma fmt
+.PHONY: demo test build gemma vocab
 
 build:
 	$(CARGO) build --release -p lowbit
@@ -13,10 +13,14 @@ gemma:
 	@$(PYTHON) --version >/dev/null
 	@PYTHON=$(PYTHON) bash scripts/fetch-gemma.sh >/dev/null
 
+# The shared llama.cpp vocab GGUFs were damaged by a UTF-8 round trip; rebuild them into the cache.
+vocab:
+	@$(PYTHON) scripts/gen_tokenizer_fixtures.py repair-vocab >/dev/null
+
 # Fetch Gemma-3-270M (GGUF Q4_K_M) once, run it, measure its perplexity, print a table.
 demo: build gemma
 	@PYTHON=$(PYTHON) bash scripts/demo.sh
 
 # The test suite CI runs: debug build (kernels optimized), Gemma fetched once into the cache.
-test: gemma
-	$(CARGO) test --workspace
+test: gemma vocab
+	LOWBIT_REQUIRE_DATA=1 $(CARGO) test --workspace

@@ -125,12 +125,13 @@ fn matmul_blocked(x: &[f32], w: WeightMatrix<'_>, y: &mut [f32], tokens: usize) 
     let rows = w.rows;
     let y_ptr = SendPtr(y.as_mut_ptr());
     let y_ptr = &y_ptr;
+    let block_rows = GEMM_BLOCK_ROWS;
     let f32_le_aligned = w.dtype == GgmlType::F32 && (w.data.as_ptr() as usize) % 4 == 0 && cfg!(target_endian = "little");
-    (0..rows.div_ceil(GEMM_BLOCK_ROWS)).into_par_iter().for_each_init(
-        || vec![0f32; GEMM_BLOCK_ROWS * cols],
+    (0..rows.div_ceil(block_rows)).into_par_iter().for_each_init(
+        || vec![0f32; block_rows * cols],
         |scratch, bi| {
-            let r0 = bi * GEMM_BLOCK_ROWS;
-            let n = GEMM_BLOCK_ROWS.min(rows - r0);
+            let r0 = bi * block_rows;
+            let n = block_rows.min(rows - r0);
             let block: &[f32] = if f32_le_aligned {
                 let bytes = &w.data[r0 * rb..(r0 + n) * rb];
                 // SAFETY: aligned to 4, little-endian f32 data, length a multiple of 4.

@@ -8,10 +8,19 @@ pub mod dequant;
 pub mod quant;
 pub mod rounding;
 pub mod minifloat;
+pub mod codebook;
+pub mod spec;
+pub mod fake;
+pub mod stats;
+pub mod pack;
+pub mod catalog;
 
 pub use ggml::GgmlType;
 pub use dequant::{dequantize, dequantize_row, dequantize_rows, row_bytes};
 pub use quant::{quantize, quantize_rows};
+pub use spec::QuantSpec;
+pub use fake::{fake_quantize, fake_quantized};
+pub use catalog::{catalog, FormatInfo};
 
 /// Errors of this crate. Callers add the file and tensor name.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -102,6 +102,9 @@ pub fn quantize_rows(
     Ok(())
 }
 
+/// llama.cpp's IQ4_NL table (`kvalues_iq4nl`).
+pub(crate) const KVALUES_IQ4NL_PUB: [i8; 16] = legacy::KVALUES_IQ4NL;
+
 fn encode(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<(), FormatError> {
     use GgmlType::*;
     match ty {

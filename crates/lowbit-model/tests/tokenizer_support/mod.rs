@@ -48,6 +48,7 @@ pub fn vocab_gguf(name: &str) -> Option<GgufFile> {
             Some(f)
         }
         Err(e) => {
+            require(&format!("vocab {name}"));
             eprintln!(
                 "SKIP: no usable {name}: shared copy: {shared_err}; repaired copy: {e} \
                  (run scripts/gen_tokenizer_fixtures.py repair-vocab)"
@@ -100,10 +101,19 @@ pub fn gemma_gguf_path() -> Option<PathBuf> {
     if path.exists() {
         Some(path)
     } else {
+        require("the Gemma GGUF");
         eprintln!(
             "SKIP: {} not found (scripts/fetch-gemma.sh downloads it)",
             path.display()
         );
         None
+    }
+}
+
+/// `make test` sets LOWBIT_REQUIRE_DATA=1 after fetching everything: there a missing input is a
+/// failure, not a skip.
+pub fn require(what: &str) {
+    if std::env::var_os("LOWBIT_REQUIRE_DATA").is_some() {
+        panic!("LOWBIT_REQUIRE_DATA is set but {what} is unavailable");
     }
 }

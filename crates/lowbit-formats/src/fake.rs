@@ -1,0 +1,254 @@
+//! Fake quantization: quantize then dequantize in f32, group by group, to measure what a format
+//! does to a tensor without packing it. Elements saturate at the format's largest value.
+//!
+//! Work is done per group on contiguous slices with simple loops (scale, round, clamp, rescale)
+//! that the compiler vectorizes; 2-D tiles are gathered into a scratch buffer first.
+
+use crate::minifloat::Minifloat;
+use crate::spec::{Element, Granularity, QuantSpec, ScaleChoice, ScaleFormat, SpecError, ELEMENT_ROUNDING};
+use crate::stats::{error_stats, ErrorStats};
+
+/// Fake-quantize `x` in place as one row (see [`QuantSpec::fake_quantize`]).
+pub fn fake_quantize(spec: &QuantSpec, x: &mut [f32]) -> Result<(), SpecError> {
+    let cols = x.len().max(1);
+    fake_quantize_matrix(spec, x, cols)
+}
+
+/// Out-of-place fake quantization of a row-major matrix; returns the values and error stats.
+pub fn fake_quantized(spec: &QuantSpec, x: &[f32], cols: usize) -> Result<(Vec<f32>, ErrorStats), SpecError> {
+    let mut y = x.to_vec();
+    fake_quantize_matrix(spec, &mut y, cols)?;
+    let stats = error_stats(x, &y);
+    Ok((y, stats))
+}
+
+/// Fake-quantize a row-major matrix of rows of `cols` values, in place.
+pub fn fake_quantize_matrix(spec: &QuantSpec, x: &mut [f32], cols: usize) -> Result<(), SpecError> {
+    if x.is_empty() {
+        return Ok(());
+    }
+    if cols == 0 || x.len() % cols != 0 {
+        return Err(SpecError(format!(
+            "{spec}: {} values do not form rows of {cols}",
+            x.len()
+        )));
+    }
+    if let Some(v) = x.iter().find(|v| !v.is_finite()) {
+        return Err(SpecError(format!("{spec}: input holds a non-finite value ({v})")));
+    }
+    // NVFP4's second level: one f32 scale for the tensor so that block scales fit E4M3.
+    let tensor_scale = if spec.scale_format == ScaleFormat::E4M3 {
+        let amax = absmax(x);
+        let elem_max = element_max(&spec.element);
+        if amax > 0.0 {
+            amax / (Minifloat::UE4M3.max_value() as f32 * elem_max)
+        } else {
+            1.0
+        }
+    } else {
+        1.0
+    };
+    let q = GroupQuantizer {
+        spec,
+        tensor_scale,
+    };
+    let mut scratch = Vec::new();
+    match spec.granularity {
+        Granularity::None => {
+            let m = match &spec.element {
+                Element::Float(m) => m.saturating(),
+                _ => return Err(SpecError(format!("{spec}: no-scale cast needs a float element"))),
+            };
+            for v in x.iter_mut() {
+                *v = m.quantize(*v, ELEMENT_ROUNDING);
+            }
+        }
+        Granularity::Tensor => q.group(x, &mut scratch),
+        Granularity::Channel => {
+            for row in x.chunks_mut(cols) {
+                q.group(row, &mut scratch);
+            }
+        }
+        Granularity::Group(n) => {
+            for row in x.chunks_mut(cols) {
+                for g in row.chunks_mut(n) {
+                    q.group(g, &mut scratch);
+                }
+            }
+        }
+        Granularity::Block2d { rows: br, cols: bc } => {
+            let nrows = x.len() / cols;
+            let mut tile = Vec::with_capacity(br * bc);
+            for r0 in (0..nrows).step_by(br) {
+                for c0 in (0..cols).step_by(bc) {
+                    let r1 = (r0 + br).min(nrows);
+                    let c1 = (c0 + bc).min(cols);
+                    tile.clear();
+                    for r in r0..r1 {
+                        tile.extend_from_slice(&x[r * cols + c0..r * cols + c1]);
+                    }
+                    q.group(&mut tile, &mut scratch);
+                    for (i, r) in (r0..r1).enumerate() {
+                        let w = c1 - c0;
+                        x[r * cols + c0..r * cols + c1].copy_from_slice(&tile[i * w..(i + 1) * w]);
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn absmax(x: &[f32]) -> f32 {
+    x.iter().fold(0.0f32, |m, v| m.max(v.abs()))
+}
+
+fn element_max(e: &Element) -> f32 {
+    match e {
+        Element::Int { bits, .. } => ((1u32 << (bits - 1)) - 1).max(1) as f32,
+        Element::Ternary => 1.0,
+        Element::Float(m) => m.max_value() as f32,
+        Element::Codebook(c) => c.max_abs(),
+    }
+}
+
+struct GroupQuantizer<'a> {
+    spec: &'a QuantSpec,
+    tensor_scale: f32,
+}
+
+impl GroupQuantizer<'_> {
+    /// Quantize one group in place, choosing the clipping ratio by the spec's scale choice.
+    fn group(&self, g: &mut [f32], scratch: &mut Vec<f32>) {
+        match self.spec.scale {
+            ScaleChoice::AbsMax => self.apply(g, 1.0, None),
+            ScaleChoice::Given(s) => self.apply(g, 1.0, Some(s)),
+            ScaleChoice::Mse => {
+                let mut best = (f64::INFINITY, 1.0f32);
+                for k in 0..=40 {
+                    let ratio = 1.0 - 0.01 * k as f32;
+                    scratch.clear();
+                    scratch.extend_from_slice(g);
+                    self.apply(scratch, ratio, None);
+                    let sse: f64 = g.iter().zip(scratch.iter()).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
+                    if sse < best.0 {
+                        best = (sse, ratio);
+                    }
+                }
+                self.apply(g, best.1, None);
+            }
+        }
+    }
+
+    /// A scale as stored in the spec's scale format.
+    fn store(&self, s: f32) -> f32 {
+        match self.spec.scale_format {
+            ScaleFormat::F32 => s,
+            ScaleFormat::F16 => half::f16::from_f32(s).to_f32(),
+            ScaleFormat::Bf16 => half::bf16::from_f32(s).to_f32(),
+            // Power of two at or above s (so nothing clips), within E8M0's range.
+            ScaleFormat::E8M0 => {
+                if s > 0.0 {
+                    2f32.powi((s.log2().ceil() as i32).clamp(-127, 127))
+                } else {
+                    0.0
+                }
+            }
+            ScaleFormat::E4M3 => {
+                let m = Minifloat::UE4M3.saturating();
+                m.quantize(s / self.tensor_scale, ELEMENT_ROUNDING) * self.tensor_scale
+            }
+        }
+    }
+
+    fn apply(&self, g: &mut [f32], ratio: f32, given: Option<f32>) {
+        let clip = absmax(g) * ratio;
+        match &self.spec.element {
+            Element::Int { bits, asym: false } => {
+                let qmax = ((1i32 << (bits - 1)) - 1) as f32;
+                if *bits == 1 {
+                    let s = self.store(given.unwrap_or(clip));
+                    for v in g.iter_mut() {
+                        *v = if *v < 0.0 { -s } else { s };
+                    }
+                    return;
+                }
+                let s = self.store(given.unwrap_or(clip / qmax));
+                scale_round_clamp(g, s, -qmax - 1.0, qmax);
+            }
+            Element::Int { bits, asym: true } => {
+                let levels = ((1u32 << bits) - 1) as f32;
+                let (mut lo, mut hi) = (f32::INFINITY, f32::NEG_INFINITY);
+                for &v in g.iter() {
+                    lo = lo.min(v);
+                    hi = hi.max(v);
+                }
+                let (lo, hi) = (lo * ratio, hi * ratio);
+                let s = self.store(given.unwrap_or((hi - lo) / levels));
+                let z = self.store(lo);
+                if s == 0.0 || !s.is_finite() {
+                    g.fill(z);
+                    return;
+                }
+                let inv = 1.0 / s;
+                for v in g.iter_mut() {
+                    let q = ((*v - z) * inv).round_ties_even().clamp(0.0, levels);
+                    *v = q * s + z;
+                }
+            }
+            Element::Ternary => {
+                let s = self.store(given.unwrap_or(clip));
+                scale_round_clamp(g, s, -1.0, 1.0);
+            }
+            Element::Float(m) => {
+                let m = m.saturating();
+                let s = match (given, self.spec.scale_format) {
+                    (Some(s), _) => s,
+                    // OCP MX: shared exponent floor(log2(amax)) - emax of the element format.
+                    (None, ScaleFormat::E8M0) => {
+                        if clip > 0.0 {
+                            let emax = (m.max_value() as f32).log2().floor() as i32;
+                            let e = (clip.log2().floor() as i32 - emax).clamp(-127, 127);
+                            2f32.powi(e)
+                        } else {
+                            0.0
+                        }
+                    }
+                    (None, _) => self.store(clip / m.max_value() as f32),
+                };
+                if s == 0.0 || !s.is_finite() {
+                    g.fill(0.0);
+                    return;
+                }
+                let inv = 1.0 / s;
+                for v in g.iter_mut() {
+                    *v = m.quantize(*v * inv, ELEMENT_ROUNDING) * s;
+                }
+            }
+            Element::Codebook(cb) => {
+                let s = self.store(given.unwrap_or(clip / cb.max_abs()));
+                if s == 0.0 || !s.is_finite() {
+                    g.fill(0.0);
+                    return;
+                }
+                let inv = 1.0 / s;
+                for v in g.iter_mut() {
+                    *v = cb.nearest(*v * inv) * s;
+                }
+            }
+        }
+    }
+}
+
+/// x = clamp(round(x / s), lo, hi) * s, with zeros for a zero scale. The loop is branch-free so
+/// it vectorizes.
+fn scale_round_clamp(g: &mut [f32], s: f32, lo: f32, hi: f32) {
+    if s == 0.0 || !s.is_finite() {
+        g.fill(0.0);
+        return;
+    }
+    let inv = 1.0 / s;
+    for v in g.iter_mut() {
+        *v = (*v * inv).round_ties_even().clamp(lo, hi) * s;
+    }
+}
