@@ -196,6 +196,21 @@ def window_effect(model, cfg_cls, model_cls, kwargs, ids) -> float:
     return rel_err(a, b)
 
 
+@torch.no_grad()
+def rope_scaling_effect(model, cfg_cls, model_cls, kwargs, ids) -> float:
+    """Relative change of the logits when llama3 rope scaling is replaced by plain rope."""
+    kw = dict(kwargs)
+    kw["rope_parameters"] = {"rope_type": "default",
+                             "rope_theta": kwargs["rope_parameters"]["rope_theta"]}
+    cfg = cfg_cls(**kw)
+    cfg._attn_implementation = "eager"
+    other = model_cls(cfg).eval()
+    other.load_state_dict(model.state_dict())
+    a = model(input_ids=ids[None], use_cache=False).logits[0]
+    b = other(input_ids=ids[None], use_cache=False).logits[0]
+    return rel_err(a, b)
+
+
 def build(name, seed, cfg_cls, model_cls, kwargs, notes, out_root):
     torch.manual_seed(seed)
     cfg = cfg_cls(**kwargs)
@@ -225,6 +240,12 @@ def build(name, seed, cfg_cls, model_cls, kwargs, notes, out_root):
         eff = window_effect(model, cfg_cls, model_cls, kwargs, all_ids)
         meta_extra["sliding_window_applied"] = eff > 1e-6
         meta_extra["sliding_window_effect_rel_err"] = eff
+
+    rope = kwargs.get("rope_parameters", {})
+    if rope.get("rope_type") not in (None, "default"):
+        eff = rope_scaling_effect(model, cfg_cls, model_cls, kwargs, all_ids)
+        assert eff > 1e-4, f"{name}: rope scaling has no effect on the logits ({eff})"
+        meta_extra["rope_scaling_effect_rel_err"] = eff
 
     d = os.path.join(out_root, name)
     os.makedirs(d, exist_ok=True)

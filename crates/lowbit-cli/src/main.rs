@@ -28,6 +28,38 @@ enum Command {
     Eval(EvalCommand),
     /// Show a model's config, tokenizer and tensors.
     Info(InfoArgs),
+    /// List number formats with their bits per weight, or measure a format's error on real weights.
+    Formats(FormatsArgs),
+}
+
+#[derive(Args)]
+struct FormatsArgs {
+    /// Print JSON.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Option<FormatsCommand>,
+}
+
+#[derive(Subcommand)]
+enum FormatsCommand {
+    /// Quantization error of a model's weights in a format, per tensor.
+    Error(FormatErrorArgs),
+}
+
+#[derive(Args)]
+struct FormatErrorArgs {
+    /// Format: a llama.cpp type (q4_k, q8_0, mxfp4, ...) or a spec (int4_g128_sym, nvfp4, fp8_e4m3, nf4_g64, ...).
+    #[arg(short, long)]
+    format: String,
+    /// Group size, for specs written without one (int4 + --group 128 = int4_g128).
+    #[arg(long)]
+    group: Option<usize>,
+    #[arg(short, long)]
+    model: String,
+    /// Only tensors whose name contains this text.
+    #[arg(long)]
+    tensor: Option<String>,
 }
 
 #[derive(Args)]
@@ -91,7 +123,24 @@ struct InfoArgs {
     tensors: bool,
 }
 
+/// Die quietly on a closed pipe (`lowbit formats | head`), as command-line tools do.
+#[cfg(unix)]
+fn reset_sigpipe() {
+    extern "C" {
+        fn signal(signum: i32, handler: usize) -> usize;
+    }
+    const SIGPIPE: i32 = 13;
+    const SIG_DFL: usize = 0;
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe {
+        signal(SIGPIPE, SIG_DFL);
+    }
+}
+#[cfg(not(unix))]
+fn reset_sigpipe() {}
+
 fn main() {
+    reset_sigpipe();
     let cli = Cli::parse();
     if let Some(t) = cli.threads {
         if let Err(e) = rayon::ThreadPoolBuilder::new().num_threads(t.max(1)).build_global() {
@@ -102,6 +151,7 @@ fn main() {
         Command::Run(a) => run(a),
         Command::Eval(EvalCommand::Ppl(a)) => eval_ppl(a),
         Command::Info(a) => info(a),
+        Command::Formats(a) => formats(a),
     };
     if let Err(e) = result {
         eprintln!("lowbit: error: {e:#}");
@@ -283,6 +333,131 @@ fn info(a: InfoArgs) -> Result<()> {
             let e = m.weights.entry(n).unwrap();
             println!("{n:60} {:>8} {:?}", e.dtype.name(), e.shape);
         }
+    }
+    Ok(())
+}
+
+fn formats(a: FormatsArgs) -> Result<()> {
+    match a.command {
+        None => {
+            let list = lowbit_formats::catalog();
+            if a.json {
+                let v: Vec<_> = list
+                    .iter()
+                    .map(|f| serde_json::json!({"name": f.name, "bpw": f.bpw, "kind": f.kind, "description": f.description}))
+                    .collect();
+                println!("{}", serde_json::Value::Array(v));
+            } else {
+                println!("{:<20} {:>7}  {:<9} description", "name", "bpw", "kind");
+                for f in list {
+                    println!("{:<20} {:>7.3}  {:<9} {}", f.name, f.bpw, f.kind, f.description);
+                }
+            }
+            Ok(())
+        }
+        Some(FormatsCommand::Error(e)) => format_error(e, a.json),
+    }
+}
+
+/// How to round-trip a tensor through a format.
+enum Codec {
+    Ggml(lowbit_formats::GgmlType),
+    Spec(lowbit_formats::QuantSpec),
+}
+
+fn ggml_type_by_name(name: &str) -> Option<lowbit_formats::GgmlType> {
+    (0..64).filter_map(lowbit_formats::GgmlType::from_id).find(|t| t.name() == name)
+}
+
+fn format_error(a: FormatErrorArgs, json: bool) -> Result<()> {
+    let name = a.format.trim().to_ascii_lowercase();
+    let codec = match ggml_type_by_name(&name).filter(|t| lowbit_formats::quant::is_quantize_supported(*t)) {
+        Some(t) => Codec::Ggml(t),
+        None => {
+            let spec_name = match a.group {
+                Some(g) if !name.contains("_g") => format!("{name}_g{g}"),
+                _ => name.clone(),
+            };
+            Codec::Spec(lowbit_formats::QuantSpec::parse(&spec_name).map_err(|e| anyhow::anyhow!("--format {}: {}", a.format, e.0))?)
+        }
+    };
+    let m = open(&a.model)?;
+    let names: Vec<String> = m
+        .weights
+        .names()
+        .filter(|n| a.tensor.as_deref().is_none_or(|t| n.contains(t)))
+        .filter(|n| m.weights.entry(n).is_some_and(|e| e.shape.len() == 2))
+        .map(|s| s.to_string())
+        .collect();
+    if names.is_empty() {
+        bail!("no 2-D tensor in {} matches {:?}", a.model, a.tensor);
+    }
+    let bar = indicatif::ProgressBar::new(names.len() as u64);
+    if json {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let mut rows = Vec::new();
+    let (mut sig_total, mut noise_total, mut n_total) = (0f64, 0f64, 0usize);
+    for n in &names {
+        bar.inc(1);
+        let e = m.weights.entry(n).unwrap().clone();
+        let x = m.weights.to_f32(n).with_context(|| format!("tensor {n}"))?;
+        let cols = e.shape[1];
+        let mut y = x.clone();
+        let result = match &codec {
+            Codec::Ggml(t) => {
+                let Some(rb) = t.byte_len(cols) else {
+                    rows.push(serde_json::json!({"tensor": n, "skipped": format!("{cols} columns is not a multiple of the {t} block size")}));
+                    continue;
+                };
+                let mut q = vec![0u8; rb * e.shape[0]];
+                lowbit_formats::quantize_rows(*t, &x, cols, &mut q)
+                    .and_then(|_| lowbit_formats::dequantize_rows(*t, &q, cols, &mut y))
+                    .map_err(|e| e.to_string())
+            }
+            Codec::Spec(s) => s.fake_quantize_matrix(&mut y, cols).map_err(|e| e.0),
+        };
+        if let Err(msg) = result {
+            rows.push(serde_json::json!({"tensor": n, "skipped": msg}));
+            continue;
+        }
+        let st = lowbit_formats::stats::error_stats(&x, &y);
+        sig_total += x.iter().map(|v| (*v as f64).powi(2)).sum::<f64>();
+        noise_total += st.mse * x.len() as f64;
+        n_total += x.len();
+        rows.push(serde_json::json!({
+            "tensor": n, "shape": e.shape, "stored": e.dtype.name(),
+            "mse": st.mse, "sqnr_db": st.sqnr_db, "max_abs_err": st.max_abs_err, "rel_rmse": st.rel_rmse,
+        }));
+    }
+    bar.finish_and_clear();
+    let total_sqnr = 10.0 * (sig_total / noise_total.max(1e-300)).log10();
+    let bpw = match &codec {
+        Codec::Ggml(t) => t.bits_per_weight(),
+        Codec::Spec(s) => s.bits_per_weight(4096),
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"format": a.format, "bpw": bpw, "tensors": rows, "elements": n_total, "sqnr_db": total_sqnr, "mse": noise_total / n_total.max(1) as f64})
+        );
+    } else {
+        println!("{:<56} {:>8} {:>12} {:>9} {:>10}", "tensor", "stored", "mse", "sqnr dB", "max err");
+        for r in &rows {
+            if let Some(s) = r.get("skipped") {
+                println!("{:<56} skipped: {}", r["tensor"].as_str().unwrap_or(""), s.as_str().unwrap_or(""));
+            } else {
+                println!(
+                    "{:<56} {:>8} {:>12.4e} {:>9.2} {:>10.4}",
+                    r["tensor"].as_str().unwrap_or(""),
+                    r["stored"].as_str().unwrap_or(""),
+                    r["mse"].as_f64().unwrap_or(0.0),
+                    r["sqnr_db"].as_f64().unwrap_or(0.0),
+                    r["max_abs_err"].as_f64().unwrap_or(0.0)
+                );
+            }
+        }
+        println!("{}: {bpw:.3} bits per weight, {n_total} weights, SQNR {total_sqnr:.2} dB overall", a.format);
     }
     Ok(())
 }

@@ -62,12 +62,19 @@ impl Codebook {
     /// scaling the largest |entry| should be 1.
     pub fn new(name: &str, values: &[f32]) -> Result<Codebook, String> {
         if values.is_empty() || values.len() > 256 {
-            return Err(format!("codebook {name}: needs 1..=256 entries, got {}", values.len()));
+            return Err(format!(
+                "codebook {name}: needs 1..=256 entries, got {}",
+                values.len()
+            ));
         }
         if let Some(v) = values.iter().find(|v| !v.is_finite()) {
             return Err(format!("codebook {name}: entry {v} is not finite"));
         }
-        let mut sorted: Vec<(f32, u8)> = values.iter().enumerate().map(|(i, &v)| (v, i as u8)).collect();
+        let mut sorted: Vec<(f32, u8)> = values
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| (v, i as u8))
+            .collect();
         // Stable sort keeps the first code of equal values (e.g. +0 before -0).
         sorted.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
         sorted.dedup_by(|b, a| a.0 == b.0);
@@ -143,7 +150,10 @@ mod tests {
                 // Every entry maps to a code with the same value.
                 assert_eq!(cb.decode(cb.encode(v)), v, "{} entry {i}", cb.name);
             }
-            assert_eq!(cb.nearest(5.0), 1.0_f32.min(cb.values.iter().cloned().fold(f32::MIN, f32::max)));
+            assert_eq!(
+                cb.nearest(5.0),
+                1.0_f32.min(cb.values.iter().cloned().fold(f32::MIN, f32::max))
+            );
         }
         let cb = Codebook::new("u", &[-1.0, 0.0, 0.5, 1.0]).unwrap();
         assert_eq!(cb.bits(), 2);

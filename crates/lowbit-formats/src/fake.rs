@@ -5,7 +5,9 @@
 //! that the compiler vectorizes; 2-D tiles are gathered into a scratch buffer first.
 
 use crate::minifloat::Minifloat;
-use crate::spec::{Element, Granularity, QuantSpec, ScaleChoice, ScaleFormat, SpecError, ELEMENT_ROUNDING};
+use crate::spec::{
+    Element, Granularity, QuantSpec, ScaleChoice, ScaleFormat, SpecError, ELEMENT_ROUNDING,
+};
 use crate::stats::{error_stats, ErrorStats};
 
 /// Fake-quantize `x` in place as one row (see [`QuantSpec::fake_quantize`]).
@@ -15,7 +17,11 @@ pub fn fake_quantize(spec: &QuantSpec, x: &mut [f32]) -> Result<(), SpecError> {
 }
 
 /// Out-of-place fake quantization of a row-major matrix; returns the values and error stats.
-pub fn fake_quantized(spec: &QuantSpec, x: &[f32], cols: usize) -> Result<(Vec<f32>, ErrorStats), SpecError> {
+pub fn fake_quantized(
+    spec: &QuantSpec,
+    x: &[f32],
+    cols: usize,
+) -> Result<(Vec<f32>, ErrorStats), SpecError> {
     let mut y = x.to_vec();
     fake_quantize_matrix(spec, &mut y, cols)?;
     let stats = error_stats(x, &y);
@@ -34,7 +40,9 @@ pub fn fake_quantize_matrix(spec: &QuantSpec, x: &mut [f32], cols: usize) -> Res
         )));
     }
     if let Some(v) = x.iter().find(|v| !v.is_finite()) {
-        return Err(SpecError(format!("{spec}: input holds a non-finite value ({v})")));
+        return Err(SpecError(format!(
+            "{spec}: input holds a non-finite value ({v})"
+        )));
     }
     // NVFP4's second level: one f32 scale for the tensor so that block scales fit E4M3.
     let tensor_scale = if spec.scale_format == ScaleFormat::E4M3 {
@@ -48,16 +56,17 @@ pub fn fake_quantize_matrix(spec: &QuantSpec, x: &mut [f32], cols: usize) -> Res
     } else {
         1.0
     };
-    let q = GroupQuantizer {
-        spec,
-        tensor_scale,
-    };
+    let q = GroupQuantizer { spec, tensor_scale };
     let mut scratch = Vec::new();
     match spec.granularity {
         Granularity::None => {
             let m = match &spec.element {
                 Element::Float(m) => m.saturating(),
-                _ => return Err(SpecError(format!("{spec}: no-scale cast needs a float element"))),
+                _ => {
+                    return Err(SpecError(format!(
+                        "{spec}: no-scale cast needs a float element"
+                    )))
+                }
             };
             for v in x.iter_mut() {
                 *v = m.quantize(*v, ELEMENT_ROUNDING);
@@ -130,7 +139,11 @@ impl GroupQuantizer<'_> {
                     scratch.clear();
                     scratch.extend_from_slice(g);
                     self.apply(scratch, ratio, None);
-                    let sse: f64 = g.iter().zip(scratch.iter()).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
+                    let sse: f64 = g
+                        .iter()
+                        .zip(scratch.iter())
+                        .map(|(a, b)| ((a - b) as f64).powi(2))
+                        .sum();
                     if sse < best.0 {
                         best = (sse, ratio);
                     }

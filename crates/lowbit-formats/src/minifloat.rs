@@ -47,7 +47,8 @@ pub struct Minifloat {
 }
 
 impl Minifloat {
-    pub const E4M3FN: Minifloat = Minifloat::new("fp8_e4m3", 4, 3, 7, true, false, NanPolicy::AllOnes);
+    pub const E4M3FN: Minifloat =
+        Minifloat::new("fp8_e4m3", 4, 3, 7, true, false, NanPolicy::AllOnes);
     pub const E5M2: Minifloat = Minifloat::new("fp8_e5m2", 5, 2, 15, true, true, NanPolicy::Ieee);
     pub const E2M3: Minifloat = Minifloat::new("fp6_e2m3", 2, 3, 1, true, false, NanPolicy::None);
     pub const E3M2: Minifloat = Minifloat::new("fp6_e3m2", 3, 2, 3, true, false, NanPolicy::None);
@@ -59,7 +60,8 @@ impl Minifloat {
     };
     /// NVFP4 block scale: unsigned E4M3 (0x7F is NaN).
     pub const UE4M3: Minifloat = Minifloat::new("ue4m3", 4, 3, 7, false, false, NanPolicy::AllOnes);
-    pub const UE5M3: Minifloat = Minifloat::new("ue5m3", 5, 3, 15, false, false, NanPolicy::AllOnes);
+    pub const UE5M3: Minifloat =
+        Minifloat::new("ue5m3", 5, 3, 15, false, false, NanPolicy::AllOnes);
 
     /// A format with subnormals, not saturating.
     pub const fn new(
@@ -101,7 +103,10 @@ impl Minifloat {
     /// Look a named format up (`fp8_e4m3`, `e4m3`, `e4m3fn`, `fp4`, `e8m0`, ...).
     pub fn by_name(name: &str) -> Option<Minifloat> {
         let n = name.to_ascii_lowercase();
-        let n = n.trim_start_matches("fp8_").trim_start_matches("fp6_").trim_start_matches("fp4_");
+        let n = n
+            .trim_start_matches("fp8_")
+            .trim_start_matches("fp6_")
+            .trim_start_matches("fp4_");
         Some(match n {
             "e4m3" | "e4m3fn" => Self::E4M3FN,
             "e5m2" => Self::E5M2,
@@ -170,7 +175,8 @@ impl Minifloat {
         if e == 0 && self.subnormals {
             m as f64 * scale(1 - self.bias - self.man_bits as i32)
         } else {
-            (((1u64 << self.man_bits) + m as u64) as f64) * scale(e as i32 - self.bias - self.man_bits as i32)
+            (((1u64 << self.man_bits) + m as u64) as f64)
+                * scale(e as i32 - self.bias - self.man_bits as i32)
         }
     }
 
@@ -290,7 +296,11 @@ impl Minifloat {
         let ulp_exp = e_unb - self.man_bits as i32;
         let t = a * (2f64).powi(-ulp_exp);
         let n = round_magnitude(t, neg, mode, rng);
-        let lowest = if self.subnormals { 0.0 } else { (1u64 << self.man_bits) as f64 };
+        let lowest = if self.subnormals {
+            0.0
+        } else {
+            (1u64 << self.man_bits) as f64
+        };
         if n < lowest {
             // Only formats without zero get here: clamp to the smallest value.
             return sign;
@@ -305,10 +315,14 @@ impl Minifloat {
         // Fields of v: exponent from its binade, mantissa from the remainder.
         let vexp = ((v.to_bits() >> 52) & 0x7ff) as i32 - 1023;
         let (e_field, m_field) = if self.subnormals && vexp < 1 - self.bias {
-            (0u32, (v * (2f64).powi(self.bias - 1 + self.man_bits as i32)) as u32)
+            (
+                0u32,
+                (v * (2f64).powi(self.bias - 1 + self.man_bits as i32)) as u32,
+            )
         } else {
             let e_field = (vexp + self.bias) as u32;
-            let frac = v * (2f64).powi(self.man_bits as i32 - vexp) - (1u64 << self.man_bits) as f64;
+            let frac =
+                v * (2f64).powi(self.man_bits as i32 - vexp) - (1u64 << self.man_bits) as f64;
             (e_field, frac as u32)
         };
         sign | (e_field << self.man_bits) | m_field

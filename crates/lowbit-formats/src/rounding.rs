@@ -51,7 +51,12 @@ impl SplitMix64 {
 /// Round a non-negative `t` (a position measured in units of the target spacing) to an integer.
 /// `negative` says the original value was negative, which matters for Up and Down.
 #[inline(always)]
-pub fn round_magnitude(t: f64, negative: bool, mode: Rounding, rng: Option<&mut SplitMix64>) -> f64 {
+pub fn round_magnitude(
+    t: f64,
+    negative: bool,
+    mode: Rounding,
+    rng: Option<&mut SplitMix64>,
+) -> f64 {
     match mode {
         Rounding::NearestEven => t.round_ties_even(),
         Rounding::NearestAway => t.round(),

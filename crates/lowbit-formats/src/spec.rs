@@ -23,7 +23,10 @@ pub enum Element {
     /// `bits`-bit integers. Symmetric: codes in [-(2^(b-1)), 2^(b-1) - 1] (b = 1: {-1, +1}
     /// sign codes), scale = absmax / (2^(b-1) - 1) (absmax for b = 1). Asymmetric: codes in
     /// [0, 2^b - 1] with a zero offset (the group min).
-    Int { bits: u32, asym: bool },
+    Int {
+        bits: u32,
+        asym: bool,
+    },
     /// {-1, 0, +1} times a scale.
     Ternary,
     Float(Minifloat),
@@ -40,7 +43,10 @@ pub enum Granularity {
     /// Groups of n consecutive values along a row.
     Group(usize),
     /// Tiles of rows x cols.
-    Block2d { rows: usize, cols: usize },
+    Block2d {
+        rows: usize,
+        cols: usize,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -161,7 +167,9 @@ impl QuantSpec {
             } else if prefix == "fp4" || prefix == "mxfp4" {
                 Ok(Minifloat::E2M1)
             } else {
-                err(format!("{name}: {prefix} needs a format like e4m3 / e5m2 / e2m3 / e3m2"))
+                err(format!(
+                    "{name}: {prefix} needs a format like e4m3 / e5m2 / e2m3 / e3m2"
+                ))
             }
         };
         let mut spec = match toks[0] {
@@ -223,14 +231,18 @@ impl QuantSpec {
                         (Ok(rows), Ok(cols)) if rows > 0 && cols > 0 => {
                             spec.granularity = Granularity::Block2d { rows, cols }
                         }
-                        _ => return err(format!("{name}: bad 2-D block {t} (want b<rows>x<cols>)")),
+                        _ => {
+                            return err(format!("{name}: bad 2-D block {t} (want b<rows>x<cols>)"))
+                        }
                     }
                 }
                 _ => return err(format!("{name}: unknown option {t}")),
             }
         }
         if spec.granularity == Granularity::None && !matches!(spec.element, Element::Float(_)) {
-            return err(format!("{name}: only float elements can be cast without a scale"));
+            return err(format!(
+                "{name}: only float elements can be cast without a scale"
+            ));
         }
         Ok(spec)
     }
@@ -252,7 +264,9 @@ impl std::fmt::Display for QuantSpec {
         let fmt_name = |m: &Minifloat| m.name.to_string();
         let mut parts: Vec<String> = Vec::new();
         let predefined = match (&self.element, self.granularity, self.scale_format) {
-            (Element::Float(m), Granularity::Group(16), ScaleFormat::E4M3) if *m == Minifloat::E2M1 => {
+            (Element::Float(m), Granularity::Group(16), ScaleFormat::E4M3)
+                if *m == Minifloat::E2M1 =>
+            {
                 parts.push("nvfp4".into());
                 true
             }
@@ -287,7 +301,11 @@ impl std::fmt::Display for QuantSpec {
         if self.scale == ScaleChoice::Mse {
             parts.push("mse".into());
         }
-        let default_scale = if predefined { self.scale_format } else { ScaleFormat::F16 };
+        let default_scale = if predefined {
+            self.scale_format
+        } else {
+            ScaleFormat::F16
+        };
         if self.scale_format != default_scale {
             parts.push(
                 match self.scale_format {

@@ -35,8 +35,16 @@ pub fn error_stats(x: &[f32], y: &[f32]) -> ErrorStats {
     let mse = noise / n as f64;
     ErrorStats {
         mse,
-        sqnr_db: if noise == 0.0 { f64::INFINITY } else { 10.0 * (sig / noise).log10() },
+        sqnr_db: if noise == 0.0 {
+            f64::INFINITY
+        } else {
+            10.0 * (sig / noise).log10()
+        },
         max_abs_err: maxe,
-        rel_rmse: if sig == 0.0 { 0.0 } else { (noise / sig).sqrt() },
+        rel_rmse: if sig == 0.0 {
+            0.0
+        } else {
+            (noise / sig).sqrt()
+        },
     }
 }

@@ -26,10 +26,19 @@ fn every_code_round_trips() {
             for mode in MODES {
                 let back = f.encode(v, mode);
                 // -0 and +0 are distinct codes and round-trip as such.
-                assert_eq!(back, code, "{} code {code:#x} = {v} -> {back:#x} ({mode:?})", f.name);
+                assert_eq!(
+                    back, code,
+                    "{} code {code:#x} = {v} -> {back:#x} ({mode:?})",
+                    f.name
+                );
             }
             let mut rng = SplitMix64::new(code as u64);
-            assert_eq!(f.encode_stochastic(v, &mut rng), code, "{} stochastic {code:#x}", f.name);
+            assert_eq!(
+                f.encode_stochastic(v, &mut rng),
+                code,
+                "{} stochastic {code:#x}",
+                f.name
+            );
         }
     }
 }
@@ -58,9 +67,19 @@ fn ranges() {
     assert_eq!(f.quantize(2.5, Rounding::NearestEven), 2.0);
     assert_eq!(f.quantize(2.5, Rounding::NearestAway), 3.0);
     assert_eq!(f.quantize(100.0, Rounding::NearestEven), 6.0);
-    assert_eq!(Minifloat::E4M3FN.saturating().quantize(1e6, Rounding::NearestEven), 448.0);
-    assert!(Minifloat::E4M3FN.quantize(1e6, Rounding::NearestEven).is_nan());
-    assert_eq!(Minifloat::E5M2.quantize(1e6, Rounding::NearestEven), f32::INFINITY);
+    assert_eq!(
+        Minifloat::E4M3FN
+            .saturating()
+            .quantize(1e6, Rounding::NearestEven),
+        448.0
+    );
+    assert!(Minifloat::E4M3FN
+        .quantize(1e6, Rounding::NearestEven)
+        .is_nan());
+    assert_eq!(
+        Minifloat::E5M2.quantize(1e6, Rounding::NearestEven),
+        f32::INFINITY
+    );
 }
 
 #[test]
@@ -73,7 +92,11 @@ fn matches_ml_dtypes() {
         let name = e["format"].as_str().unwrap();
         let f = Minifloat::by_name(name).unwrap_or_else(|| panic!("unknown format {name}"));
         // ml_dtypes rounds E8M0 ties away from zero, everything else to nearest even.
-        let mode = if name == "ue8m0" { Rounding::NearestAway } else { Rounding::NearestEven };
+        let mode = if name == "ue8m0" {
+            Rounding::NearestAway
+        } else {
+            Rounding::NearestEven
+        };
         let n = e["n"].as_u64().unwrap() as usize;
         let blob = std::fs::read(dir.join(e["file"].as_str().unwrap())).unwrap();
         assert_eq!(blob.len(), 5 * n);
@@ -87,14 +110,25 @@ fn matches_ml_dtypes() {
             // inputs in (2^-127, 2^-126) its rounding point is not the midpoint 1.5 * 2^-127.
             // We keep correct nearest rounding there and only require one of the two neighbours.
             if name == "ue8m0" && x.is_subnormal() && x > 0.0 {
-                assert!(want == got || want == got + 1, "ue8m0 {x:e}: got {got} want {want}");
+                assert!(
+                    want == got || want == got + 1,
+                    "ue8m0 {x:e}: got {got} want {want}"
+                );
                 continue;
             }
             if got != want {
-                bad.push(format!("{x:e} ({:#010x}): got {got:#04x} want {want:#04x}", x.to_bits()));
+                bad.push(format!(
+                    "{x:e} ({:#010x}): got {got:#04x} want {want:#04x}",
+                    x.to_bits()
+                ));
             }
         }
-        assert!(bad.is_empty(), "{name}: {} mismatches, e.g.\n{}", bad.len(), bad[..bad.len().min(10)].join("\n"));
+        assert!(
+            bad.is_empty(),
+            "{name}: {} mismatches, e.g.\n{}",
+            bad.len(),
+            bad[..bad.len().min(10)].join("\n")
+        );
         total += n;
     }
     assert!(total > 10_000);

@@ -49,7 +49,12 @@ fn encoders_match_gguf_py() {
         checked += 1;
     }
     assert!(checked >= 90, "only {checked} cases");
-    assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 /// Deterministic normal-ish data (sum of uniforms) without extra dependencies.
@@ -68,7 +73,9 @@ fn data(n: usize, seed: u64) -> Vec<f32> {
 }
 
 fn gemma_rows() -> Option<Vec<f32>> {
-    std::fs::read(dir().join("gemma_rows.f32")).ok().map(|b| f32s(&b))
+    std::fs::read(dir().join("gemma_rows.f32"))
+        .ok()
+        .map(|b| f32s(&b))
 }
 
 fn rel_rmse(x: &[f32], y: &[f32]) -> f64 {
@@ -120,7 +127,10 @@ fn roundtrip_all_encoders() {
             let mut y = vec![0f32; x.len()];
             dequantize(ty, &q, &mut y).unwrap();
             let err = rel_rmse(x, &y);
-            assert!(err <= bound, "{ty} on {name}: relative RMSE {err:.5} > {bound}");
+            assert!(
+                err <= bound,
+                "{ty} on {name}: relative RMSE {err:.5} > {bound}"
+            );
             // Stability: quantizing the dequantized values must not move them further away.
             let mut q2 = vec![0u8; q.len()];
             quantize(ty, &y, &mut q2).unwrap();
@@ -138,7 +148,9 @@ fn roundtrip_all_encoders() {
 #[test]
 fn special_blocks() {
     use GgmlType::*;
-    for ty in [Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, MXFP4, TQ1_0, TQ2_0] {
+    for ty in [
+        Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, MXFP4, TQ1_0, TQ2_0,
+    ] {
         // All-zero input decodes to zeros.
         let x = vec![0f32; 256];
         let mut q = vec![0u8; ty.byte_len(256).unwrap()];
@@ -151,7 +163,11 @@ fn special_blocks() {
         x[77] = -5.0;
         quantize(ty, &x, &mut q).unwrap();
         dequantize(ty, &q, &mut y).unwrap();
-        assert!((y[77] + 5.0).abs() <= 1.0, "{ty}: outlier decoded as {}", y[77]);
+        assert!(
+            (y[77] + 5.0).abs() <= 1.0,
+            "{ty}: outlier decoded as {}",
+            y[77]
+        );
         assert!(y.iter().all(|v| v.is_finite()), "{ty}: finite");
     }
 }
@@ -162,11 +178,18 @@ fn errors_not_panics() {
     let mut q = vec![0u8; 36];
     assert_eq!(
         quantize(GgmlType::Q8_0, &x, &mut q),
-        Err(FormatError::WrongByteLength { ty: GgmlType::Q8_0, expected: 68, got: 36 })
+        Err(FormatError::WrongByteLength {
+            ty: GgmlType::Q8_0,
+            expected: 68,
+            got: 36
+        })
     );
     assert_eq!(
         quantize(GgmlType::Q4_K, &x, &mut q),
-        Err(FormatError::NotBlockAligned { ty: GgmlType::Q4_K, elements: 64 })
+        Err(FormatError::NotBlockAligned {
+            ty: GgmlType::Q4_K,
+            elements: 64
+        })
     );
     assert_eq!(
         quantize(GgmlType::IQ2_XXS, &vec![0f32; 256], &mut vec![0u8; 66]),

@@ -115,7 +115,7 @@ impl GgufValue {
         value_type_name(self.type_id())
     }
 
-    /// Any integer type holding a non-negative value (and bools, as 0/1).
+    /// Any integer type holding a non-negative value.
     pub fn as_u64(&self) -> Option<u64> {
         match *self {
             GgufValue::U8(x) => Some(x as u64),
@@ -126,7 +126,6 @@ impl GgufValue {
             GgufValue::I16(x) => u64::try_from(x).ok(),
             GgufValue::I32(x) => u64::try_from(x).ok(),
             GgufValue::I64(x) => u64::try_from(x).ok(),
-            GgufValue::Bool(b) => Some(b as u64),
             _ => None,
         }
     }

@@ -18,7 +18,13 @@ fn nearest_int(x: f32) -> i32 {
 
 /// llama.cpp `make_qx_quants` for signed codes in [-nmax, nmax); returns the scale, L holds
 /// codes + nmax. `rmse_type` 1 weighs by x^2 (or by `qw` when given).
-fn make_qx_quants(x: &[f32], nmax: i32, l_out: &mut [i8], rmse_type: i32, qw: Option<&[f32]>) -> f32 {
+fn make_qx_quants(
+    x: &[f32],
+    nmax: i32,
+    l_out: &mut [i8],
+    rmse_type: i32,
+    qw: Option<&[f32]>,
+) -> f32 {
     let n = x.len();
     let mut max = 0.0f32;
     let mut amax = 0.0f32;
@@ -321,7 +327,11 @@ fn qkx_superblock(
             max_min = m;
         }
     }
-    let inv_scale = if max_scale > 0.0 { 63.0 / max_scale } else { 0.0 };
+    let inv_scale = if max_scale > 0.0 {
+        63.0 / max_scale
+    } else {
+        0.0
+    };
     let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
     let mut ls = [0u8; 8];
     let mut lm = [0u8; 8];
@@ -399,7 +409,13 @@ pub(super) fn q6_k(src: &[f32], dst: &mut [u8]) {
         let mut max_scale = 0.0f32;
         let mut max_abs_scale = 0.0f32;
         for ib in 0..16 {
-            let s = make_qx_quants(&x[16 * ib..16 * ib + 16], 32, &mut l[16 * ib..16 * ib + 16], 1, None);
+            let s = make_qx_quants(
+                &x[16 * ib..16 * ib + 16],
+                32,
+                &mut l[16 * ib..16 * ib + 16],
+                1,
+                None,
+            );
             scales[ib] = s;
             if s.abs() > max_abs_scale {
                 max_abs_scale = s.abs();
@@ -546,7 +562,16 @@ pub(super) fn q2_k(src: &[f32], dst: &mut [u8]) {
             for (w, &v) in weights.iter_mut().zip(xs) {
                 *w = v.abs();
             }
-            let (s, m) = make_qkx2_quants(xs, &weights, 3, &mut l[16 * j..16 * j + 16], -0.5, 0.1, 15, true);
+            let (s, m) = make_qkx2_quants(
+                xs,
+                &weights,
+                3,
+                &mut l[16 * j..16 * j + 16],
+                -0.5,
+                0.1,
+                15,
+                true,
+            );
             scales[j] = s;
             mins[j] = m;
             if s > max_scale {

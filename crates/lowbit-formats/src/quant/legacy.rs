@@ -255,7 +255,11 @@ fn iq4_nl_block(x: &[f32; QK], table: &[f32; 16], ntry: i32, q: &mut [u8; QK]) -
         }
         (sumqx, sumq2)
     };
-    let d0 = if ntry > 0 { -max / table[0] } else { max / table[0] };
+    let d0 = if ntry > 0 {
+        -max / table[0]
+    } else {
+        max / table[0]
+    };
     let (sumqx, sumq2) = fit(1.0 / d0, q);
     let mut d = if sumq2 > 0.0 { sumqx / sumq2 } else { 0.0 };
     let mut best = d * sumqx;
