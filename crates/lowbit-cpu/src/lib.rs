@@ -7,5 +7,6 @@
 pub mod matmul;
 pub mod ops;
 pub mod attention;
+pub mod simd;
 
 pub use matmul::{matmul, matmul_reference, WeightMatrix};

@@ -172,7 +172,7 @@ fn matmul_blocked(x: &[f32], w: WeightMatrix<'_>, y: &mut [f32], tokens: usize) 
     );
 }
 
-#[inline]
+#[inline(always)]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     // Eight independent accumulators so the compiler can vectorize without reassociating.
     let mut acc = [0f32; 16];

@@ -54,7 +54,6 @@ pub fn perplexity(
         return Err(EvalError::TooShort { tokens: tokens.len(), ctx });
     }
     let chunks = max_chunks.map_or(available, |m| m.min(available));
-    let vocab = model.config.vocab_size;
     let first = ctx / 2;
     let mut state: KvState = model.new_state(ctx);
     let (mut sum, mut sum2, mut count) = (0f64, 0f64, 0usize);
@@ -66,12 +65,13 @@ pub fn perplexity(
             chunk[0] = b;
         }
         state.clear();
-        let logits = model.forward(&mut state, &chunk, first)?;
+        let hidden = model.forward_hidden(&mut state, &chunk, first)?;
+        // Row j - first of `hidden` predicts token j + 1; the last row predicts nothing.
+        let h = model.config.hidden_size;
+        let targets: Vec<u32> = (first..ctx - 1).map(|j| tokens[c * ctx + j + 1]).collect();
+        let nlls = model.nll(&hidden[..targets.len() * h], &targets);
         let mut chunk_sum = 0f64;
-        for j in first..ctx - 1 {
-            let row = &logits[(j - first) * vocab..(j - first + 1) * vocab];
-            let target = tokens[c * ctx + j + 1] as usize;
-            let nll = lowbit_cpu::ops::log_sum_exp(row) - row[target] as f64;
+        for nll in nlls {
             sum += nll;
             sum2 += nll * nll;
             chunk_sum += nll;

@@ -163,13 +163,7 @@ impl Mlp {
     pub fn forward(&self, x: &[f32]) -> Vec<f32> {
         let mut g = self.gate.forward(x);
         let u = self.up.forward(x);
-        for (a, b) in g.iter_mut().zip(&u) {
-            let s = match self.act {
-                Activation::Silu => ops::silu(*a),
-                Activation::GeluTanh => ops::gelu_tanh(*a),
-            };
-            *a = s * b;
-        }
+        ops::gated_activation(&mut g, &u, self.act == Activation::GeluTanh);
         self.down.forward(&g)
     }
 }

@@ -78,6 +78,13 @@ impl Transformer {
     /// Run `tokens` at positions `state.pos..` and advance the state. Returns the logits of the
     /// last `tokens.len() - logits_from` tokens (`logits_from..tokens.len()`), row-major.
     pub fn forward(&self, state: &mut KvState, tokens: &[u32], logits_from: usize) -> Result<Vec<f32>> {
+        let hidden = self.forward_hidden(state, tokens, logits_from)?;
+        Ok(self.lm_head.forward(&hidden))
+    }
+
+    /// Like `forward`, but stops before the output projection: the final-normed hidden states
+    /// of tokens `logits_from..`.
+    pub fn forward_hidden(&self, state: &mut KvState, tokens: &[u32], logits_from: usize) -> Result<Vec<f32>> {
         let c = &self.config;
         let n = tokens.len();
         if state.pos + n > state.capacity() {
@@ -117,9 +124,51 @@ impl Transformer {
         }
         state.pos += n;
         let from = logits_from.min(n);
-        let mut last = x[from * h..].to_vec();
+        let mut last = x.split_off(from * h);
         ops::rmsnorm(&mut last, &self.final_norm, c.rms_norm_eps, c.norm_weight_offset);
-        Ok(self.lm_head.forward(&last))
+        Ok(last)
+    }
+
+    /// Negative log-likelihood of `targets[t]` under the logits of hidden row `t`, without ever
+    /// holding the full `tokens × vocab` logits: the output projection runs over slices of the
+    /// vocabulary and a running log-sum-exp is kept per token (a 262k vocabulary × 256 tokens would
+    /// otherwise be 268 MB).
+    pub fn nll(&self, hidden: &[f32], targets: &[u32]) -> Vec<f64> {
+        let h = self.config.hidden_size;
+        let n = hidden.len() / h;
+        assert_eq!(n, targets.len());
+        let vocab = self.lm_head.rows;
+        let slice_rows = 4096.min(vocab);
+        let mut max = vec![f64::NEG_INFINITY; n];
+        let mut sum = vec![0f64; n];
+        let mut target_logit = vec![0f64; n];
+        let full = self.lm_head.matrix();
+        let rb = full.row_bytes().expect("validated");
+        let mut y = vec![0f32; n * slice_rows];
+        for r0 in (0..vocab).step_by(slice_rows) {
+            let rows = slice_rows.min(vocab - r0);
+            let w = lowbit_cpu::WeightMatrix { rows, data: &full.data[r0 * rb..(r0 + rows) * rb], ..full };
+            let y = &mut y[..n * rows];
+            lowbit_cpu::matmul(hidden, w, y);
+            for t in 0..n {
+                let row = &y[t * rows..(t + 1) * rows];
+                let mf = lowbit_cpu::simd::max(row);
+                let m = mf as f64;
+                let s = lowbit_cpu::simd::sum_exp_shifted(row, mf);
+                // Merge (m, s) into the running (max, sum).
+                if m > max[t] {
+                    sum[t] = sum[t] * (max[t] - m).exp() + s;
+                    max[t] = m;
+                } else {
+                    sum[t] += s * (m - max[t]).exp();
+                }
+                let tg = targets[t] as usize;
+                if tg >= r0 && tg < r0 + rows {
+                    target_logit[t] = row[tg - r0] as f64;
+                }
+            }
+        }
+        (0..n).map(|t| max[t] + sum[t].ln() - target_logit[t]).collect()
     }
 }
 
