@@ -46,72 +46,79 @@ pub fn attention(
     window: Option<usize>,
     out: &mut [f32],
 ) {
-    #[cfg(target_arch = "x86_64")]
-    if crate::simd::has_avx2_fma() {
-        // SAFETY: the CPU supports AVX2 and FMA (checked at run time).
-        unsafe { attention_avx2(q, cache, n_heads, pos0, scale, window, out) };
-        return;
-    }
-    attention_body(q, cache, n_heads, pos0, scale, window, out)
+    let hd = cache.head_dim;
+    let nkv = cache.n_kv_heads;
+    let group = n_heads / nkv;
+    let avx2 = crate::simd::has_avx2_fma();
+    out.par_chunks_mut(group * hd).enumerate().for_each_init(Vec::new, |scores: &mut Vec<f32>, (idx, o)| {
+        let job = Job { q, cache, n_heads, pos0, scale, window, t: idx / nkv, kvh: idx % nkv };
+        // The per-item work is its own function: a target feature does not reach into closures.
+        #[cfg(target_arch = "x86_64")]
+        if avx2 {
+            // SAFETY: the CPU supports AVX2 and FMA (checked at run time).
+            unsafe { attend_avx2(&job, scores, o) };
+            return;
+        }
+        let _ = avx2;
+        attend(&job, scores, o)
+    });
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn attention_avx2(q: &[f32], cache: &KvCache, n_heads: usize, pos0: usize, scale: f32, window: Option<usize>, out: &mut [f32]) {
-    attention_body(q, cache, n_heads, pos0, scale, window, out)
-}
-
-/// The portable body; compiled once plainly and once with AVX2+FMA enabled.
-#[inline(always)]
-fn attention_body(
-    q: &[f32],
-    cache: &KvCache,
+/// One (token, KV head) item of [`attention`].
+struct Job<'a> {
+    q: &'a [f32],
+    cache: &'a KvCache,
     n_heads: usize,
     pos0: usize,
     scale: f32,
     window: Option<usize>,
-    out: &mut [f32],
-) {
+    t: usize,
+    kvh: usize,
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn attend_avx2(job: &Job<'_>, scores: &mut Vec<f32>, o: &mut [f32]) {
+    attend(job, scores, o)
+}
+
+/// Attention of the query heads of KV head `kvh` at token `t`; `o` is `group × head_dim`.
+#[inline(always)]
+fn attend(job: &Job<'_>, scores: &mut Vec<f32>, o: &mut [f32]) {
+    let Job { q, cache, n_heads, pos0, scale, window, t, kvh } = *job;
     let hd = cache.head_dim;
     let nkv = cache.n_kv_heads;
     let group = n_heads / nkv;
     let kw = nkv * hd;
-    out.par_chunks_mut(group * hd).enumerate().for_each_init(
-        Vec::new,
-        |scores: &mut Vec<f32>, (idx, o)| {
-            let t = idx / nkv;
-            let kvh = idx % nkv;
-            let p = pos0 + t;
-            let lo = match window {
-                Some(w) if p + 1 > w => p + 1 - w,
-                _ => 0,
-            };
-            let len = p + 1 - lo;
-            // scores[g * len + j]: query head (kvh*group + g) against key lo + j.
-            scores.clear();
-            scores.resize(group * len, 0.0);
-            let qbase = (t * n_heads + kvh * group) * hd;
-            for j in 0..len {
-                let kv = &cache.k[(lo + j) * kw + kvh * hd..(lo + j) * kw + (kvh + 1) * hd];
-                for g in 0..group {
-                    scores[g * len + j] = dot(&q[qbase + g * hd..qbase + (g + 1) * hd], kv) * scale;
-                }
+    let p = pos0 + t;
+    let lo = match window {
+        Some(w) if p + 1 > w => p + 1 - w,
+        _ => 0,
+    };
+    let len = p + 1 - lo;
+    // scores[g * len + j]: query head (kvh*group + g) against key lo + j.
+    scores.clear();
+    scores.resize(group * len, 0.0);
+    let qbase = (t * n_heads + kvh * group) * hd;
+    for j in 0..len {
+        let kv = &cache.k[(lo + j) * kw + kvh * hd..(lo + j) * kw + (kvh + 1) * hd];
+        for g in 0..group {
+            scores[g * len + j] = dot(&q[qbase + g * hd..qbase + (g + 1) * hd], kv) * scale;
+        }
+    }
+    for g in 0..group {
+        softmax_inline(&mut scores[g * len..(g + 1) * len]);
+    }
+    o.iter_mut().for_each(|x| *x = 0.0);
+    for j in 0..len {
+        let vv = &cache.v[(lo + j) * kw + kvh * hd..(lo + j) * kw + (kvh + 1) * hd];
+        for g in 0..group {
+            let s = scores[g * len + j];
+            for (x, y) in o[g * hd..(g + 1) * hd].iter_mut().zip(vv) {
+                *x += s * y;
             }
-            for g in 0..group {
-                softmax_inline(&mut scores[g * len..(g + 1) * len]);
-            }
-            o.iter_mut().for_each(|x| *x = 0.0);
-            for j in 0..len {
-                let vv = &cache.v[(lo + j) * kw + kvh * hd..(lo + j) * kw + (kvh + 1) * hd];
-                for g in 0..group {
-                    let s = scores[g * len + j];
-                    for (x, y) in o[g * hd..(g + 1) * hd].iter_mut().zip(vv) {
-                        *x += s * y;
-                    }
-                }
-            }
-        },
-    );
+        }
+    }
 }
 
 #[inline(always)]
