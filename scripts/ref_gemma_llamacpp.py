@@ -18,7 +18,9 @@ tests/fixtures/gemma3-270m/ref_llamacpp.json:
   - the token count and sha256 of the tokenization (ids as u32 little-endian), comparable with
     ref_transformers.json.
 
-Settings: n_ctx 512, n_batch 512, logits_all, flash attention off, 2 threads.
+Settings: n_ctx 512, n_batch 512, logits_all, flash attention off, 2 threads, and by default
+use_extra_bufts off (no AMX / repacked weight buffers: the AMX path crashed in the
+GGML_NATIVE build on this AMX CPU; --extra-bufts turns them back on).
 
 Usage: LOWBIT_CACHE=... $PYTHON scripts/ref_gemma_llamacpp.py [--gguf PATH] [--chunks 10]
 (default GGUF path: what scripts/fetch-gemma.sh prints.)
@@ -29,7 +31,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import importlib.metadata
-import inspect
 import json
 import math
 import os
@@ -67,27 +68,40 @@ def ppl_stats(nll: float, nll2: float, count: int) -> dict:
     return {"ppl": ppl, "stderr": stderr, "mean_nll": mean, "count": count}
 
 
-def open_model(path: str, threads: int):
-    from llama_cpp import Llama
+def open_model(path: str, threads: int, extra_bufts: bool):
+    import llama_cpp
+    import llama_cpp.llama_cpp as low
 
-    kwargs = dict(model_path=path, n_ctx=N_CTX, n_batch=N_CTX, n_ubatch=N_CTX, logits_all=True,
-                  n_threads=threads, n_threads_batch=threads, seed=0, verbose=False)
-    params = inspect.signature(Llama.__init__).parameters
-    # Newer llama.cpp has a tri-state flash-attention setting; older bindings take a bool.
-    if "flash_attn_type" in params:
-        import llama_cpp
+    if not extra_bufts:
+        # Llama() starts from llama_model_default_params(); turn off the extra weight buffer
+        # types (AMX, CPU repacking) there. With -DGGML_NATIVE=ON on an AMX CPU, llama.cpp's AMX
+        # matmul segfaults in this build (ggml_backend_amx_mul_mat); the plain CPU path is the
+        # one every other x86 CPU runs.
+        default = low.llama_model_default_params
 
-        kwargs["flash_attn_type"] = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
-        fa = "flash_attn_type=DISABLED"
-    else:
-        kwargs["flash_attn"] = False
-        fa = "flash_attn=False"
-    return Llama(**kwargs), fa
+        def no_extra_bufts():
+            p = default()
+            p.use_extra_bufts = False
+            return p
+
+        low.llama_model_default_params = no_extra_bufts
+    # flash_attn=False maps to LLAMA_FLASH_ATTN_TYPE_DISABLED in llama-cpp-python 0.3.36.
+    llm = llama_cpp.Llama(model_path=path, n_ctx=N_CTX, n_batch=N_CTX, n_ubatch=N_CTX,
+                          logits_all=True, flash_attn=False, n_threads=threads,
+                          n_threads_batch=threads, seed=0, verbose=False)
+    fa_type = int(llm.context_params.flash_attn_type)
+    if fa_type != llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED:
+        raise SystemExit(f"flash attention is not disabled (flash_attn_type {fa_type})")
+    assert bool(llm.model_params.use_extra_bufts) == extra_bufts
+    return llm, f"off (flash_attn=False, flash_attn_type={fa_type} = DISABLED)"
 
 
 def eval_fresh(llm, ids: list[int]) -> np.ndarray:
     """Evaluate ids from an empty cache; returns the logits of every position [len, vocab]."""
-    llm.reset()  # n_tokens = 0: the next eval drops every cached position
+    import llama_cpp
+
+    llm.reset()  # n_tokens = 0
+    llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(llm.ctx), True)
     llm.eval(ids)
     return np.asarray(llm.scores[: len(ids)], dtype=np.float32)
 
@@ -116,8 +130,7 @@ def perplexity(llm, tokens: list[int], bos: int, n_chunks: int) -> list[dict]:
 
 
 def greedy(llm, prompt_ids: list[int]) -> dict:
-    llm.reset()
-    llm.eval(prompt_ids)
+    eval_fresh(llm, prompt_ids)
     gen, top1_logit, margin = [], [], []
     for _ in range(N_GEN):
         row = np.asarray(llm.scores[llm.n_tokens - 1], dtype=np.float32)
@@ -138,10 +151,12 @@ def main() -> int:
     ap.add_argument("--chunks", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=OUT_DIR)
+    ap.add_argument("--extra-bufts", action="store_true",
+                    help="keep llama.cpp's extra weight buffer types (AMX / repacking)")
     args = ap.parse_args()
     path = gguf_path(args.gguf)
 
-    llm, fa = open_model(path, args.threads)
+    llm, fa = open_model(path, args.threads, args.extra_bufts)
     bos = llm.token_bos()
     text = open(TEXT, encoding="utf-8").read()
     t0 = time.time()
@@ -173,6 +188,7 @@ def main() -> int:
         "llama_cpp_system_info": llama_cpp.llama_print_system_info().decode(errors="replace"),
         "flash_attention": fa,
         "n_threads": args.threads,
+        "use_extra_bufts": args.extra_bufts,
         "n_batch": N_CTX,
         "text": "wikitext-2-raw-test.txt",
         "n_tokens": len(tokens),

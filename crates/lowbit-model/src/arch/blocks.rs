@@ -24,7 +24,8 @@ impl Linear {
     /// Load a 2-D weight `name` and check it is `rows × cols`.
     pub fn load(w: &WeightStore, name: &str, rows: usize, cols: usize) -> Result<Linear> {
         let t = w.handle(name)?;
-        if t.shape != [rows, cols] {
+        // A single-row weight may be stored as a vector (GGUF's shared-expert gate).
+        if t.shape != [rows, cols] && !(rows == 1 && t.shape == [cols]) {
             return Err(ModelError::tensor(&w.path, name, format!("expected shape [{rows}, {cols}], found {:?}", t.shape)));
         }
         check_cols(w, name, t.dtype, cols)?;

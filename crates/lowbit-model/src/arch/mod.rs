@@ -57,12 +57,11 @@ impl Transformer {
         config.validate(&w.path)?;
         let c = &config;
         let embed = Linear::load(w, "model.embed_tokens.weight", c.vocab_size, c.hidden_size)?;
+        // Tied models (and checkpoints that drop the duplicate) reuse the embedding matrix.
         let lm_head = if w.contains("lm_head.weight") {
             Linear::load(w, "lm_head.weight", c.vocab_size, c.hidden_size)?
-        } else if c.tie_word_embeddings || !w.contains("lm_head.weight") {
-            embed.clone()
         } else {
-            unreachable!()
+            embed.clone()
         };
         let build = layer_builder(c.arch);
         let layers = (0..c.num_layers).map(|i| build(c, w, i)).collect::<Result<Vec<_>>>()?;
