@@ -1,5 +1,8 @@
 //! `lowbit`: run, evaluate and (soon) compress language models.
 
+mod eval_kld;
+mod quantize;
+
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -8,6 +11,9 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use lowbit_model::sampling::Sampler;
 use lowbit_model::source::{load_model, LoadedModel};
+
+mod bench;
+mod gpu;
 
 #[derive(Parser)]
 #[command(name = "lowbit", version, about = "Compress, evaluate and run large language models in low precision")]
@@ -30,6 +36,12 @@ enum Command {
     Info(InfoArgs),
     /// List number formats with their bits per weight, or measure a format's error on real weights.
     Formats(FormatsArgs),
+    /// Quantize a model's weights (RTN or GPTQ) into a compressed-tensors directory.
+    Quantize(quantize::QuantizeArgs),
+    /// GPU benchmarks on a synthetic model built on the device (issue 7).
+    GpuBench(gpu::GpuBenchArgs),
+    /// Prefill (pp) and decode (tg) speed and peak memory on the CPU, as llama-bench.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Args)]
@@ -94,6 +106,8 @@ struct RunArgs {
 enum EvalCommand {
     /// Perplexity with llama.cpp's llama-perplexity protocol.
     Ppl(PplArgs),
+    /// KL-divergence, top-1 agreement and PPL of a model against a base model.
+    Kld(eval_kld::KldArgs),
 }
 
 #[derive(Args)]
@@ -152,6 +166,10 @@ fn main() {
         Command::Eval(EvalCommand::Ppl(a)) => eval_ppl(a),
         Command::Info(a) => info(a),
         Command::Formats(a) => formats(a),
+        Command::Quantize(a) => quantize::quantize(a),
+        Command::Eval(EvalCommand::Kld(a)) => eval_kld::eval_kld(a),
+        Command::GpuBench(a) => gpu::gpu_bench(a),
+        Command::Bench(a) => bench::run(a),
     };
     if let Err(e) = result {
         eprintln!("lowbit: error: {e:#}");
@@ -270,6 +288,9 @@ fn eval_ppl(a: PplArgs) -> Result<()> {
     let m = open(&a.model)?;
     let model = m.transformer()?;
     let text = std::fs::read_to_string(&a.text).with_context(|| format!("cannot read text file {}", a.text.display()))?;
+    if a.ctx > m.config.max_position {
+        eprintln!("lowbit: warning: --ctx {} is beyond the model's trained context of {}", a.ctx, m.config.max_position);
+    }
     let add_bos = m.tokenizer.add_bos_by_default();
     let t0 = Instant::now();
     let tokens = m.tokenizer.encode(&text, add_bos);
