@@ -1,11 +1,20 @@
 //! `y = x · Wᵀ` with `W` in any GGML storage type.
 //!
 //! Prefill (many tokens): W is cut into blocks of rows; each block is dequantized into a
-//! per-thread f32 scratch and multiplied by `gemm`. Decode (few tokens): each row is dequantized
-//! and dotted with the token vectors. Both split rows across rayon threads.
+//! per-thread f32 scratch and multiplied by `gemm`. Decode (few tokens): the activations are
+//! quantized to 8-bit blocks once and each weight row is dotted with them by the fused integer
+//! kernels of [`crate::quant_dot`] (weights never expanded); types without a kernel, or
+//! `LOWBIT_MATMUL=f32` in the environment, dequantize each row to f32 instead. Both split rows
+//! across rayon threads.
+
+use std::cell::RefCell;
+use std::sync::OnceLock;
 
 use lowbit_formats::{dequantize_row, GgmlType};
 use rayon::prelude::*;
+
+use crate::q8act::{quantize_q8, Q8Block, QA};
+use crate::quant_dot::{self, Isa, RowsJob};
 
 /// A `rows × cols` weight matrix in its stored type. `data` holds `rows` rows of
 /// `dtype.byte_len(cols)` bytes each.
@@ -71,10 +80,129 @@ pub fn matmul(x: &[f32], w: WeightMatrix<'_>, y: &mut [f32]) {
         return;
     }
     if tokens <= GEMV_MAX_TOKENS {
+        let isa = Isa::detect();
+        if !f32_forced() && isa != Isa::Scalar && quant_dot::has_simd_kernel(w.dtype) {
+            gemv_q8(x, w, y, tokens, isa);
+        } else {
+            matmul_rows(x, w, y, tokens);
+        }
+    } else {
+        matmul_blocked(x, w, y, tokens);
+    }
+}
+
+/// `LOWBIT_MATMUL=f32`: every product on the f32 path (accuracy checks).
+fn f32_forced() -> bool {
+    static F32: OnceLock<bool> = OnceLock::new();
+    *F32.get_or_init(|| std::env::var("LOWBIT_MATMUL").is_ok_and(|v| v.eq_ignore_ascii_case("f32")))
+}
+
+/// The f32 path whatever the token count: weights dequantized to f32, activations kept in f32.
+/// Same contract as [`matmul`].
+pub fn matmul_f32(x: &[f32], w: WeightMatrix<'_>, y: &mut [f32]) {
+    let tokens = x.len() / w.cols;
+    assert_eq!(x.len(), tokens * w.cols, "x is not tokens × cols");
+    assert_eq!(y.len(), tokens * w.rows, "y is not tokens × rows");
+    if let Err(e) = w.validate() {
+        panic!("invalid weight matrix: {e}");
+    }
+    if tokens == 0 {
+        return;
+    }
+    if tokens <= GEMV_MAX_TOKENS {
         matmul_rows(x, w, y, tokens);
     } else {
         matmul_blocked(x, w, y, tokens);
     }
+}
+
+/// The quantized-activation path whatever the token count, with a chosen instruction set
+/// (`Isa::Scalar` is the integer reference). Returns false, leaving `y` alone, when the weight
+/// type has no fused kernel or the CPU lacks `isa`. Same shape contract as [`matmul`].
+pub fn matmul_q8(x: &[f32], w: WeightMatrix<'_>, y: &mut [f32], isa: Isa) -> bool {
+    let tokens = x.len() / w.cols;
+    assert_eq!(x.len(), tokens * w.cols, "x is not tokens × cols");
+    assert_eq!(y.len(), tokens * w.rows, "y is not tokens × rows");
+    if let Err(e) = w.validate() {
+        panic!("invalid weight matrix: {e}");
+    }
+    let best = Isa::detect();
+    let available = match isa {
+        Isa::Scalar => true,
+        Isa::Avx2 => best != Isa::Scalar,
+        Isa::Avx512Vnni => best == Isa::Avx512Vnni,
+    };
+    if !available || !quant_dot::is_supported(w.dtype) {
+        return false;
+    }
+    if isa != Isa::Scalar && !quant_dot::has_simd_kernel(w.dtype) {
+        return false;
+    }
+    if tokens > 0 {
+        gemv_q8(x, w, y, tokens, isa);
+    }
+    true
+}
+
+/// Weight bytes one task of the GEMV should at least stream, so the rayon split pays off on the
+/// small matrices of small models (a 256 × 640 Q5_0 projection is one task).
+const GEMV_MIN_TASK_BYTES: usize = 96 * 1024;
+
+thread_local! {
+    /// Quantized activations of the current product (reused: no allocation per decoded token).
+    static ACT: RefCell<Vec<Q8Block>> = const { RefCell::new(Vec::new()) };
+}
+
+struct SendMutPtr(*mut f32);
+unsafe impl Send for SendMutPtr {}
+unsafe impl Sync for SendMutPtr {}
+
+/// Quantize the token rows to 8-bit blocks, then fused integer dot products per weight row.
+fn gemv_q8(x: &[f32], w: WeightMatrix<'_>, y: &mut [f32], tokens: usize, isa: Isa) {
+    let cols = w.cols;
+    let nb = cols / QA;
+    let rb = w.row_bytes().expect("validated");
+    debug_assert!(quant_dot::row_matches(w.dtype, rb, nb));
+    let out = SendMutPtr(y.as_mut_ptr());
+    let out = &out;
+    let run = |act: &[Q8Block]| {
+        let job = RowsJob { dtype: w.dtype, data: w.data, row_bytes: rb, rows: w.rows, act, tokens, nb };
+        let threads = rayon::current_num_threads().max(1);
+        let by_bytes = (w.rows * rb) / GEMV_MIN_TASK_BYTES;
+        let tasks = by_bytes.clamp(1, threads * 8).min(w.rows);
+        let chunk = w.rows.div_ceil(tasks);
+        if tasks <= 1 {
+            // SAFETY: shapes validated above; `y` is tokens × rows and exclusively ours; `isa`
+            // is supported (checked by the callers).
+            unsafe { quant_dot::dot_rows(isa, &job, 0, w.rows, out.0) };
+            return;
+        }
+        (0..w.rows.div_ceil(chunk)).into_par_iter().for_each(|ci| {
+            let r0 = ci * chunk;
+            let r1 = (r0 + chunk).min(w.rows);
+            // SAFETY: as above; tasks write disjoint row ranges r0..r1 of every token.
+            unsafe { quant_dot::dot_rows(isa, &job, r0, r1, out.0) };
+        });
+    };
+    let quantize = |buf: &mut Vec<Q8Block>| {
+        buf.clear();
+        buf.resize(tokens * nb, Q8Block::default());
+        for t in 0..tokens {
+            quantize_q8(&x[t * cols..(t + 1) * cols], &mut buf[t * nb..(t + 1) * nb]);
+        }
+    };
+    // The scratch may already be borrowed if a matmul runs inside another's rayon task.
+    ACT.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            quantize(&mut buf);
+            run(&buf);
+        }
+        Err(_) => {
+            let mut buf = Vec::new();
+            quantize(&mut buf);
+            run(&buf);
+        }
+    });
 }
 
 fn matmul_rows(x: &[f32], w: WeightMatrix<'_>, y: &mut [f32], tokens: usize) {

@@ -98,3 +98,4 @@ pub fn perplexity(
         chunk_ppl,
     })
 }
+pub mod kld;

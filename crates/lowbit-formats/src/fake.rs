@@ -8,6 +8,8 @@ use crate::minifloat::Minifloat;
 use crate::spec::{
     Element, Granularity, QuantSpec, ScaleChoice, ScaleFormat, SpecError, ELEMENT_ROUNDING,
 };
+use crate::simd::dispatch;
+use crate::simd::kernels::FastMinifloat;
 use crate::stats::{error_stats, ErrorStats};
 
 /// Fake-quantize `x` in place as one row (see [`QuantSpec::fake_quantize`]).
@@ -56,7 +58,18 @@ pub fn fake_quantize_matrix(spec: &QuantSpec, x: &mut [f32], cols: usize) -> Res
     } else {
         1.0
     };
-    let q = GroupQuantizer { spec, tensor_scale };
+    // Exact bit-level rounding for the SIMD paths (None: the format needs the general encoder).
+    let fast_element = match &spec.element {
+        Element::Float(m) => FastMinifloat::new(&m.saturating()),
+        _ => None,
+    };
+    let fast_e4m3 = FastMinifloat::new(&Minifloat::E4M3FN.saturating());
+    let q = GroupQuantizer {
+        spec,
+        tensor_scale,
+        fast_element,
+        fast_e4m3,
+    };
     let mut scratch = Vec::new();
     match spec.granularity {
         Granularity::None => {
@@ -108,8 +121,9 @@ pub fn fake_quantize_matrix(spec: &QuantSpec, x: &mut [f32], cols: usize) -> Res
     Ok(())
 }
 
+/// Largest magnitude (inputs are finite here).
 fn absmax(x: &[f32]) -> f32 {
-    x.iter().fold(0.0f32, |m, v| m.max(v.abs()))
+    dispatch!(absmax(x), scalar: x.iter().fold(0.0f32, |m, v| m.max(v.abs())))
 }
 
 fn element_max(e: &Element) -> f32 {
@@ -124,6 +138,8 @@ fn element_max(e: &Element) -> f32 {
 struct GroupQuantizer<'a> {
     spec: &'a QuantSpec,
     tensor_scale: f32,
+    fast_element: Option<FastMinifloat>,
+    fast_e4m3: Option<FastMinifloat>,
 }
 
 impl GroupQuantizer<'_> {
@@ -168,6 +184,14 @@ impl GroupQuantizer<'_> {
                 }
             }
             ScaleFormat::E4M3 => {
+                let v = s / self.tensor_scale;
+                // Positive finite values round the same in UE4M3 and E4M3FN (same grid, same
+                // max 448); the SIMD levels use the bit-level rounding for them.
+                if let (Some(f), true) = (&self.fast_e4m3, v > 0.0 && v.is_finite()) {
+                    if crate::simd::current() != crate::simd::Level::Scalar {
+                        return f.quantize_saturating(v) * self.tensor_scale;
+                    }
+                }
                 let m = Minifloat::UE4M3.saturating();
                 m.quantize(s / self.tensor_scale, ELEMENT_ROUNDING) * self.tensor_scale
             }
@@ -234,6 +258,15 @@ impl GroupQuantizer<'_> {
                     return;
                 }
                 let inv = 1.0 / s;
+                // The fast rounding needs finite v * inv (an infinite inv could make 0 * inf).
+                if let (Some(f), true) = (&self.fast_element, inv.is_finite()) {
+                    dispatch!(minifloat_fake(g, f, inv, s), scalar: {
+                        for v in g.iter_mut() {
+                            *v = m.quantize(*v * inv, ELEMENT_ROUNDING) * s;
+                        }
+                    });
+                    return;
+                }
                 for v in g.iter_mut() {
                     *v = m.quantize(*v * inv, ELEMENT_ROUNDING) * s;
                 }
@@ -261,7 +294,9 @@ fn scale_round_clamp(g: &mut [f32], s: f32, lo: f32, hi: f32) {
         return;
     }
     let inv = 1.0 / s;
-    for v in g.iter_mut() {
-        *v = (*v * inv).round_ties_even().clamp(lo, hi) * s;
-    }
+    dispatch!(scale_round_clamp(g, inv, s, lo, hi), scalar: {
+        for v in g.iter_mut() {
+            *v = (*v * inv).round_ties_even().clamp(lo, hi) * s;
+        }
+    })
 }

@@ -14,6 +14,7 @@ pub mod fake;
 pub mod stats;
 pub mod pack;
 pub mod catalog;
+pub mod simd;
 
 pub use ggml::GgmlType;
 pub use dequant::{dequantize, dequantize_row, dequantize_rows, row_bytes};

@@ -330,6 +330,13 @@ impl Minifloat {
 
     /// Encode a slice into codes (one u8 per code; formats are at most 8 bits wide here).
     pub fn encode_slice(&self, src: &[f32], dst: &mut [u8], mode: Rounding) {
+        if mode == Rounding::NearestEven && crate::simd::current() != crate::simd::Level::Scalar {
+            if let Some(f) = crate::simd::kernels::FastMinifloat::new(self) {
+                let n = src.len().min(dst.len());
+                crate::simd::dispatch!(minifloat_encode(&f, &src[..n], &mut dst[..n]), scalar: {});
+                return;
+            }
+        }
         for (d, &s) in dst.iter_mut().zip(src) {
             *d = self.encode(s, mode) as u8;
         }

@@ -11,8 +11,9 @@
 //!   available; they are tested by round-trip properties.
 
 mod kquants;
-mod legacy;
+pub(crate) mod legacy;
 
+use crate::simd::dispatch;
 use crate::{FormatError, GgmlType};
 
 /// Whether [`quantize`] can encode `ty`.
@@ -123,12 +124,12 @@ fn encode(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<(), FormatError> 
                 d.copy_from_slice(&f32_to_bf16_ggml(*s).to_le_bytes());
             }
         }
-        Q4_0 => legacy::q4_0(src, dst),
+        Q4_0 => dispatch!(q4_0(src, dst), scalar: legacy::q4_0(src, dst)),
         Q4_1 => legacy::q4_1(src, dst),
         Q5_0 => legacy::q5_0(src, dst),
         Q5_1 => legacy::q5_1(src, dst),
-        Q8_0 => legacy::q8_0(src, dst),
-        MXFP4 => legacy::mxfp4(src, dst),
+        Q8_0 => dispatch!(q8_0(src, dst), scalar: legacy::q8_0(src, dst)),
+        MXFP4 => dispatch!(mxfp4(src, dst), scalar: legacy::mxfp4(src, dst)),
         IQ4_NL => legacy::iq4_nl(src, dst),
         TQ1_0 => legacy::tq1_0(src, dst),
         TQ2_0 => legacy::tq2_0(src, dst),
@@ -153,7 +154,7 @@ pub fn f32_to_bf16_ggml(x: f32) -> u16 {
 
 /// An f32 stored as little-endian f16 (round to nearest even, overflow to inf).
 #[inline(always)]
-fn put_f16(dst: &mut [u8], v: f32) {
+pub(crate) fn put_f16(dst: &mut [u8], v: f32) {
     dst[..2].copy_from_slice(&half::f16::from_f32(v).to_le_bytes());
 }
 

@@ -8,7 +8,7 @@ const QK: usize = 32;
 /// numpy's `astype(np.uint8)` of an f32 on x86-64: truncate to i32 and keep the low byte;
 /// NaN, inf and values outside i32 become 0 (cvttss2si's "integer indefinite" has a zero low byte).
 #[inline(always)]
-pub(super) fn np_u8(v: f32) -> u8 {
+pub(crate) fn np_u8(v: f32) -> u8 {
     if v.is_finite() && v.abs() < 2_147_483_648.0 {
         (v as i32) as u8
     } else {
@@ -24,7 +24,7 @@ fn roundf(v: f32) -> f32 {
 
 /// 1/d, or 0 where d is 0 (gguf-py `np.where(d == 0, 0, 1 / d)`).
 #[inline(always)]
-fn inv_or_zero(d: f32) -> f32 {
+pub(crate) fn inv_or_zero(d: f32) -> f32 {
     if d == 0.0 {
         0.0
     } else {
@@ -153,7 +153,7 @@ pub(super) fn q5_1(src: &[f32], dst: &mut [u8]) {
 }
 
 /// E2M1 values times two (llama.cpp `kvalues_mxfp4`).
-const KVALUES_MXFP4: [f32; 16] = [
+pub(crate) const KVALUES_MXFP4: [f32; 16] = [
     0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 0.0, -1.0, -2.0, -3.0, -4.0, -6.0, -8.0, -12.0,
 ];
 
@@ -164,7 +164,7 @@ pub(crate) const KVALUES_IQ4NL: [i8; 16] = [
 
 /// Half of the E8M0 scale, 2^(e - 128) (llama.cpp `ggml_e8m0_to_fp32_half`).
 #[inline(always)]
-fn e8m0_to_f32_half(e: u8) -> f32 {
+pub(crate) fn e8m0_to_f32_half(e: u8) -> f32 {
     let bits = if e < 2 {
         0x0020_0000u32 << e
     } else {
@@ -176,7 +176,7 @@ fn e8m0_to_f32_half(e: u8) -> f32 {
 /// floor(log2(a)) as numpy computes it on an f32: log2 rounded to f32 first (so values just
 /// below a large power of two round up to it), then floored.
 #[inline(always)]
-fn floor_log2_f32(a: f32) -> f32 {
+pub(crate) fn floor_log2_f32(a: f32) -> f32 {
     ((a as f64).log2() as f32).floor()
 }
 

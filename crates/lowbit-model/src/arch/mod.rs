@@ -2,6 +2,7 @@
 //! the match in [`layer_builder`].
 
 pub mod blocks;
+pub mod calib;
 pub mod gemma3;
 pub mod llama;
 pub mod moe;

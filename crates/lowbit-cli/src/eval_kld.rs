@@ -1,0 +1,95 @@
+//! `lowbit eval kld`: a model against a base model over the same text chunks.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+#[derive(Args)]
+pub struct KldArgs {
+    /// The model to judge (e.g. a `lowbit quantize` output; a directory without a tokenizer uses
+    /// the base model's).
+    #[arg(short, long)]
+    model: String,
+    /// The reference model.
+    #[arg(long)]
+    base: String,
+    #[arg(long)]
+    text: PathBuf,
+    #[arg(long, default_value_t = 512)]
+    ctx: usize,
+    #[arg(long)]
+    chunks: Option<usize>,
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn eval_kld(a: KldArgs) -> Result<()> {
+    let base = lowbit_model::source::load_model(&a.base)
+        .with_context(|| format!("cannot load base model '{}'", a.base))?;
+    let input = crate::quantize::open_input(&a.model)?;
+    let model = lowbit_model::Transformer::load(input.config.clone(), &input.weights)?;
+    let base_t = base.transformer()?;
+    let text = std::fs::read_to_string(&a.text)
+        .with_context(|| format!("cannot read text file {}", a.text.display()))?;
+    let tok = &base.tokenizer;
+    let add_bos = tok.add_bos_by_default();
+    let tokens = tok.encode(&text, add_bos);
+    let bos = if add_bos { tok.bos() } else { None };
+    let total = (tokens.len() / a.ctx.max(1)).min(a.chunks.unwrap_or(usize::MAX));
+    let bar = indicatif::ProgressBar::new(total as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} chunks  {msg}  [{elapsed_precise}, eta {eta}]",
+        )
+        .unwrap(),
+    );
+    if a.json {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let r = lowbit_eval::kld::kl_divergence(
+        &model,
+        &base_t,
+        &tokens,
+        bos,
+        a.ctx,
+        a.chunks,
+        |_, _, k| {
+            bar.inc(1);
+            bar.set_message(format!("kld {k:.5}"));
+        },
+    )?;
+    bar.finish_and_clear();
+    if a.json {
+        let mut j = serde_json::to_value(&r)?;
+        j["model"] = serde_json::json!(a.model);
+        j["base"] = serde_json::json!(a.base);
+        println!("{j}");
+    } else {
+        println!("PPL(model)  = {:.4} +/- {:.4}", r.ppl, r.ppl_stderr);
+        println!(
+            "PPL(base)   = {:.4} +/- {:.4}",
+            r.ppl_base, r.ppl_base_stderr
+        );
+        println!("ΔPPL        = {:+.4}", r.delta_ppl);
+        println!(
+            "KLD mean    = {:.6} +/- {:.6}   median {:.6}   p99 {:.6}   max {:.6}",
+            r.kld_mean, r.kld_stderr, r.kld_median, r.kld_p99, r.kld_max
+        );
+        println!(
+            "top-1 agree = {:.3}% +/- {:.3}%",
+            100.0 * r.top1,
+            100.0 * r.top1_stderr
+        );
+        println!(
+            "RMS Δp      = {:.3}% +/- {:.3}%",
+            100.0 * r.rms_dp,
+            100.0 * r.rms_dp_stderr
+        );
+        println!(
+            "({} chunks of {}, {} scored tokens)",
+            r.chunks, r.ctx, r.scored
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,121 @@
+//! `lowbit gpu-bench`: synthetic-model GPU benchmarks (issue 7). The work is in lowbit-cuda;
+//! this module parses options and prints the table.
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use lowbit_cuda::bench::{self, ModelShape};
+use lowbit_cuda::{CudaBackend, WeightFormat};
+
+#[derive(Args)]
+pub struct GpuBenchArgs {
+    /// Model shape with random weights built on the device: llama-3-8b or qwen2.5-7b.
+    #[arg(long, default_value = "llama-3-8b")]
+    synthetic: String,
+    /// Weight format: int4g128, q4_k, q8_0, bf16 (comma-separated for several).
+    #[arg(long, default_value = "int4g128")]
+    format: String,
+    /// cuda or cuda:N.
+    #[arg(long, default_value = "cuda")]
+    device: String,
+    /// Batch sizes for the GEMV table (1..=8), comma-separated.
+    #[arg(long, default_value = "1")]
+    batches: String,
+    /// Tokens to decode in the end-to-end loop (0 skips it).
+    #[arg(long, default_value_t = 128)]
+    decode_tokens: usize,
+    /// Timed repetitions per GEMV measurement (median reported).
+    #[arg(long, default_value_t = 20)]
+    reps: usize,
+}
+
+/// "cuda" -> 0, "cuda:N" -> N; anything else is an error.
+pub fn parse_device(s: &str) -> Result<usize> {
+    match s.strip_prefix("cuda") {
+        Some("") => Ok(0),
+        Some(rest) => rest
+            .strip_prefix(':')
+            .and_then(|n| n.parse().ok())
+            .with_context(|| format!("bad device '{s}': expected cuda or cuda:N")),
+        None => bail!("gpu-bench needs a CUDA device (--device cuda[:N]), got '{s}'"),
+    }
+}
+
+pub fn gpu_bench(a: GpuBenchArgs) -> Result<()> {
+    let ordinal = parse_device(&a.device)?;
+    let shape = ModelShape::by_name(&a.synthetic).with_context(|| {
+        format!(
+            "unknown synthetic model '{}' (llama-3-8b, qwen2.5-7b)",
+            a.synthetic
+        )
+    })?;
+    let formats: Vec<WeightFormat> = a
+        .format
+        .split(',')
+        .map(|f| {
+            WeightFormat::parse(f)
+                .with_context(|| format!("unknown format '{f}' (int4g128, q4_k, q8_0, bf16)"))
+        })
+        .collect::<Result<_>>()?;
+    let batches: Vec<usize> = a
+        .batches
+        .split(',')
+        .map(|b| {
+            b.trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|b| (1..=8).contains(b))
+                .with_context(|| format!("bad batch '{b}'"))
+        })
+        .collect::<Result<_>>()?;
+    let be = CudaBackend::new(ordinal).context("cannot open the CUDA device")?;
+    let copy = bench::copy_bandwidth(&be, 1 << 30, 20)?;
+    println!(
+        "device: {} ({}), model shape: {}",
+        be.device_name(),
+        be.arch(),
+        shape.name
+    );
+    println!(
+        "device-to-device copy: {:.0} GB/s (bytes read + written, 1 GiB, median of 20)",
+        copy
+    );
+    println!(
+        "{:<10} {:<10} {:>6} {:>6} {:>5} {:>10} {:>9} {:>9} {:>7}",
+        "format", "matrix", "N", "K", "batch", "bytes", "us", "GB/s", "%copy"
+    );
+    for &format in &formats {
+        for (label, n, k) in shape.gemv_shapes() {
+            for &b in &batches {
+                let t = bench::time_gemv(&be, format, n, k, b, a.reps)?;
+                println!(
+                    "{:<10} {:<10} {:>6} {:>6} {:>5} {:>10} {:>9.1} {:>9.0} {:>6.1}%",
+                    format.name(),
+                    label,
+                    t.rows,
+                    t.cols,
+                    t.batch,
+                    t.bytes,
+                    t.us,
+                    t.gbps,
+                    100.0 * t.gbps / copy
+                );
+            }
+        }
+    }
+    if a.decode_tokens > 0 {
+        for &format in &formats {
+            let max_seq = a.decode_tokens.max(64).next_power_of_two();
+            let mut m = bench::SyntheticModel::build(&be, &shape, format, max_seq)?;
+            let ms = bench::decode(&be, &mut m, a.decode_tokens, max_seq)?;
+            let tok_s = a.decode_tokens as f64 / (ms * 1e-3);
+            // Bytes per token: weights + the KV cache read at the mean position of the run.
+            let bytes = m.weight_bytes_per_token() + m.kv_bytes_at(a.decode_tokens / 2);
+            let bound = copy * 1e9 / bytes as f64;
+            println!(
+                "decode {} {}: {} tokens in {:.1} ms = {:.1} tokens/s; {:.2} GB/token, bound {:.0} tokens/s ({:.1}% of bound)",
+                shape.name, format.name(), a.decode_tokens, ms, tok_s, bytes as f64 / 1e9, bound, 100.0 * tok_s / bound
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,243 @@
+//! `lowbit quantize`: RTN or GPTQ weight quantization into a compressed-tensors directory.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use lowbit_model::{ModelConfig, WeightStore};
+use lowbit_quant::regex::Regex;
+use lowbit_quant::{GptqOptions, Method, Options, Quantizer, Source, WriteInfo};
+
+#[derive(Args)]
+pub struct QuantizeArgs {
+    /// Input model: HF directory, GGUF file (Gemma 3 / Qwen), or hub id.
+    #[arg(short, long)]
+    model: String,
+    /// Scheme: a preset (w4g128, w4g128_asym, w3g128, w2g64, w8, w8a16, fp8) or a spec
+    /// (int4_g64_sym, uint4_g128, int8_channel, fp8_e4m3_channel, ...).
+    #[arg(short, long)]
+    scheme: String,
+    /// rtn or gptq.
+    #[arg(long, default_value = "rtn")]
+    method: String,
+    /// Calibration text (GPTQ).
+    #[arg(long)]
+    calib: Option<PathBuf>,
+    /// Calibration sequences.
+    #[arg(long, default_value_t = 64)]
+    calib_seqs: usize,
+    /// Tokens per calibration sequence.
+    #[arg(long, default_value_t = 512)]
+    calib_len: usize,
+    /// GPTQ activation ordering (static groups).
+    #[arg(long)]
+    act_order: bool,
+    /// GPTQ dampening, as a fraction of the mean Hessian diagonal.
+    #[arg(long, default_value_t = 0.01)]
+    damp: f64,
+    /// Output directory.
+    #[arg(short, long)]
+    out: PathBuf,
+    /// Replace an existing output directory.
+    #[arg(long)]
+    force: bool,
+    /// Keep linear modules whose name matches in full precision (repeatable; lm_head always kept).
+    #[arg(long)]
+    ignore: Vec<String>,
+    /// Print one JSON summary.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Preset scheme names → spec names.
+pub fn preset(name: &str) -> String {
+    match name.to_ascii_lowercase().as_str() {
+        "w4g128" | "w4a16" => "int4_g128_sym".into(),
+        "w4g128_asym" => "uint4_g128".into(),
+        "w3g128" => "int3_g128_sym".into(),
+        "w2g64" => "int2_g64_sym".into(),
+        "w8" | "w8a16" => "int8_channel_sym".into(),
+        "fp8" => "fp8_e4m3_channel".into(),
+        other => other.to_string(),
+    }
+}
+
+/// What the quantizer needs of a model: config, weights, and where config/tokenizer came from.
+pub struct Input {
+    pub config: ModelConfig,
+    pub weights: WeightStore,
+    pub tokenizer: Option<Box<dyn lowbit_model::tokenizer::Tokenizer>>,
+    pub dir: Option<PathBuf>,
+    pub config_json: Option<serde_json::Value>,
+}
+
+/// Open a model; an HF directory without a tokenizer opens weights-only.
+pub fn open_input(spec: &str) -> Result<Input> {
+    let path = Path::new(spec);
+    if path.is_dir() && !path.join("tokenizer.json").exists() {
+        let (cfg, weights) = lowbit_model::safetensors_dir::open_hf_dir(path)
+            .with_context(|| format!("cannot load model '{spec}'"))?;
+        let config = lowbit_model::config::from_hf_config(&cfg, &path.join("config.json"))?;
+        return Ok(Input {
+            config,
+            weights,
+            tokenizer: None,
+            dir: Some(path.to_path_buf()),
+            config_json: Some(cfg),
+        });
+    }
+    let m = lowbit_model::source::load_model(spec)
+        .with_context(|| format!("cannot load model '{spec}'"))?;
+    let (dir, config_json) = if m.source == "hf" {
+        let dir = if m.path.is_dir() {
+            m.path.clone()
+        } else {
+            m.path.parent().unwrap_or(Path::new(".")).to_path_buf()
+        };
+        let text = std::fs::read(dir.join("config.json"))
+            .with_context(|| format!("cannot read {}/config.json", dir.display()))?;
+        (
+            Some(dir),
+            Some(serde_json::from_slice(&text).context("config.json")?),
+        )
+    } else {
+        (None, None)
+    };
+    Ok(Input {
+        config: m.config,
+        weights: m.weights,
+        tokenizer: Some(m.tokenizer),
+        dir,
+        config_json,
+    })
+}
+
+pub fn quantize(a: QuantizeArgs) -> Result<()> {
+    if a.out.exists() && !a.force {
+        bail!(
+            "{} already exists (use --force to replace it)",
+            a.out.display()
+        );
+    }
+    let spec_name = preset(&a.scheme);
+    let spec = lowbit_formats::QuantSpec::parse(&spec_name)
+        .map_err(|e| anyhow::anyhow!("--scheme {}: {}", a.scheme, e.0))?;
+    let quantizer = Quantizer::from_spec(&spec)?;
+    let method = Method::parse(&a.method)?;
+    let mut ignore = lowbit_quant::pipeline::default_ignore();
+    for r in &a.ignore {
+        ignore.push(Regex::new(r).with_context(|| format!("--ignore {r}: not a valid regex"))?);
+    }
+    let t0 = Instant::now();
+    let input = open_input(&a.model)?;
+    let calib = match (&a.calib, method) {
+        (None, Method::Gptq) => bail!("--method gptq needs --calib TEXT"),
+        (None, _) => Vec::new(),
+        (Some(p), _) => {
+            let tok = input
+                .tokenizer
+                .as_ref()
+                .context("the model has no tokenizer to read the calibration text with")?;
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read calibration text {}", p.display()))?;
+            let ids = tok.encode(&text, false);
+            let mut seqs =
+                lowbit_quant::pipeline::calibration_sequences(&ids, a.calib_seqs, a.calib_len)
+                    .with_context(|| format!("calibration text {}", p.display()))?;
+            if let Some(b) = tok.bos().filter(|_| tok.add_bos_by_default()) {
+                seqs.iter_mut().for_each(|s| s[0] = b);
+            }
+            seqs
+        }
+    };
+    let opts = Options {
+        quantizer: quantizer.clone(),
+        method,
+        ignore,
+        gptq: GptqOptions {
+            damp: a.damp,
+            block: 128,
+            act_order: a.act_order,
+        },
+    };
+    let bar = indicatif::ProgressBar::new(1);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len}  {msg}  [{elapsed_precise}]")
+            .unwrap(),
+    );
+    if a.json {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let qm = lowbit_quant::quantize_model(
+        &input.config,
+        &input.weights,
+        &opts,
+        &calib,
+        &mut |msg, i, n| {
+            bar.set_length(n as u64);
+            bar.set_position(i as u64);
+            bar.set_message(msg.to_string());
+        },
+    )?;
+    bar.finish_and_clear();
+    let src = Source {
+        config: &input.config,
+        config_json: input.config_json.clone(),
+        dir: input.dir.clone(),
+    };
+    let info = WriteInfo {
+        scheme: spec.to_string(),
+        method,
+        act_order: a.act_order,
+        calib_sequences: calib.len(),
+        calib_len: a.calib_len,
+    };
+    lowbit_quant::write_model(&a.out, &src, &qm, &quantizer, &info, a.force)?;
+    let seconds = t0.elapsed().as_secs_f64();
+    let peak = lowbit_quant::pipeline::peak_rss_bytes();
+    let (mut wsum, mut bits) = (0f64, 0f64);
+    for r in &qm.reports {
+        let n = (r.rows * r.cols) as f64;
+        wsum += n;
+        bits += n * r.bits_per_weight;
+    }
+    let bpw = bits / wsum.max(1.0);
+    if a.json {
+        let j = serde_json::json!({
+            "out": a.out, "scheme": spec.to_string(), "method": method.name(), "layers": qm.reports,
+            "ignored": qm.ignored, "bits_per_weight": bpw, "seconds": seconds, "peak_rss_bytes": peak,
+        });
+        println!("{j}");
+    } else {
+        println!(
+            "{:<44} {:>12} {:>6} {:>11} {:>11} {:>11} {:>7}",
+            "layer", "shape", "bpw", "w rel err", "out err", "rtn out", "s"
+        );
+        let f = |v: Option<f64>| v.map(|x| format!("{x:.3e}")).unwrap_or_else(|| "-".into());
+        for r in &qm.reports {
+            println!(
+                "{:<44} {:>12} {:>6.3} {:>11.3e} {:>11} {:>11} {:>7.2}",
+                r.module,
+                format!("{}x{}", r.rows, r.cols),
+                r.bits_per_weight,
+                r.weight_rel_err,
+                f(r.output_rel_err),
+                f(r.rtn_output_rel_err),
+                r.seconds
+            );
+        }
+        println!(
+            "{} {}: {} layers at {:.3} bits per weight (kept in full precision: {}), {:.1} s, peak RSS {}",
+            method.name(),
+            spec,
+            qm.reports.len(),
+            bpw,
+            if qm.ignored.is_empty() { "-".to_string() } else { qm.ignored.join(", ") },
+            seconds,
+            peak.map(|b| format!("{:.0} MiB", b as f64 / 1048576.0)).unwrap_or_else(|| "?".into())
+        );
+        println!("wrote {}", a.out.display());
+    }
+    Ok(())
+}

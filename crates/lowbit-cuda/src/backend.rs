@@ -1,0 +1,672 @@
+//! Device, stream, kernel table and the launch wrappers.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
+};
+
+use crate::{compile_ptx, drv, Error, Result};
+
+/// Weight layouts the GEMV kernels read (see `kernels/gemv.cu` for the exact byte layouts).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WeightFormat {
+    /// Symmetric INT4, groups of 128 along K, f16 scales; 8 codes (q + 8) per u32.
+    Int4G128,
+    /// GGML Q4_K (144-byte blocks of 256).
+    Q4K,
+    /// GGML Q8_0 (34-byte blocks of 32).
+    Q8_0,
+    /// bf16, row-major.
+    Bf16,
+}
+
+impl WeightFormat {
+    pub fn parse(s: &str) -> Option<WeightFormat> {
+        match s.to_ascii_lowercase().replace(['-', '_'], "").as_str() {
+            "int4g128" | "int4" => Some(WeightFormat::Int4G128),
+            "q4k" => Some(WeightFormat::Q4K),
+            "q80" => Some(WeightFormat::Q8_0),
+            "bf16" => Some(WeightFormat::Bf16),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightFormat::Int4G128 => "int4g128",
+            WeightFormat::Q4K => "q4_k",
+            WeightFormat::Q8_0 => "q8_0",
+            WeightFormat::Bf16 => "bf16",
+        }
+    }
+
+    /// K must be a multiple of this.
+    pub fn k_multiple(self) -> usize {
+        match self {
+            WeightFormat::Int4G128 => 128,
+            WeightFormat::Q4K => 256,
+            WeightFormat::Q8_0 => 32,
+            WeightFormat::Bf16 => 8,
+        }
+    }
+
+    /// (bytes of the main array, number of f16 scales) for a rows x cols matrix.
+    pub fn sizes(self, rows: usize, cols: usize) -> (usize, usize) {
+        match self {
+            WeightFormat::Int4G128 => (rows * cols / 2, rows * cols / 128),
+            WeightFormat::Q4K => (rows * cols / 256 * 144, 0),
+            WeightFormat::Q8_0 => (rows * cols / 32 * 34, 0),
+            WeightFormat::Bf16 => (rows * cols * 2, 0),
+        }
+    }
+
+    fn kernel_prefix(self) -> &'static str {
+        match self {
+            WeightFormat::Int4G128 => "gemv_int4_g128",
+            WeightFormat::Q4K => "gemv_q4_k",
+            WeightFormat::Q8_0 => "gemv_q8_0",
+            WeightFormat::Bf16 => "gemv_bf16",
+        }
+    }
+}
+
+/// A weight matrix [rows = N outputs][cols = K inputs] resident on the device.
+pub struct DeviceMatrix {
+    pub format: WeightFormat,
+    pub rows: usize,
+    pub cols: usize,
+    pub data: CudaSlice<u8>,
+    /// f16 group scales (INT4 g128 only).
+    pub scales: Option<CudaSlice<u16>>,
+}
+
+impl DeviceMatrix {
+    /// Bytes the GEMV reads from device memory for this matrix.
+    pub fn bytes(&self) -> usize {
+        self.data.len() + self.scales.as_ref().map_or(0, |s| s.len() * 2)
+    }
+}
+
+const GEMV_WARPS: u32 = 4; // matches kernels/gemv.cu
+pub const MAX_BATCH: usize = 8;
+
+/// One CUDA device with its stream and compiled kernels.
+pub struct CudaBackend {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    funcs: HashMap<String, CudaFunction>,
+    name: String,
+    arch: String,
+}
+
+fn check_len(what: &str, have: usize, need: usize) -> Result<()> {
+    if have < need {
+        return Err(Error::Shape(format!(
+            "{what}: buffer holds {have} elements, need {need}"
+        )));
+    }
+    Ok(())
+}
+
+impl CudaBackend {
+    /// Open device `ordinal`, compile (or reuse) the kernels for its architecture and load them.
+    /// Without a driver or device this is an error, never a panic.
+    pub fn new(ordinal: usize) -> Result<CudaBackend> {
+        // SAFETY: only probes whether libcuda can be opened.
+        if !unsafe { cudarc::driver::sys::is_culib_present() } {
+            return Err(Error::NoDriver);
+        }
+        // cudarc panics on some loader failures (e.g. a missing symbol); keep that an error.
+        let ctx = std::panic::catch_unwind(|| CudaContext::new(ordinal))
+            .map_err(|_| Error::NoDevice {
+                ordinal,
+                reason: "driver initialisation panicked".into(),
+            })?
+            .map_err(|e| Error::NoDevice {
+                ordinal,
+                reason: e.to_string(),
+            })?;
+        // One stream, in order: cudarc's per-buffer event tracking only costs launch time here.
+        // SAFETY: no buffer is shared between streams in this backend.
+        unsafe { ctx.disable_event_tracking() };
+        let (major, minor) = drv("compute capability", ctx.compute_capability())?;
+        let arch = format!("sm_{major}{minor}");
+        let name = drv("device name", ctx.name())?;
+        let stream = ctx.default_stream();
+        let ptx = compile_ptx(&arch)?;
+        let mut funcs = HashMap::new();
+        for (module_name, p) in ptx.iter() {
+            let module = drv(
+                format!("load module {module_name}"),
+                ctx.load_module(p.clone()),
+            )?;
+            for entry in ptx_entries(&p.to_src()) {
+                let f = drv(format!("load kernel {entry}"), module.load_function(&entry))?;
+                funcs.insert(entry, f);
+            }
+        }
+        Ok(CudaBackend {
+            ctx,
+            stream,
+            funcs,
+            name,
+            arch,
+        })
+    }
+
+    pub fn device_name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn arch(&self) -> &str {
+        &self.arch
+    }
+
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    pub fn synchronize(&self) -> Result<()> {
+        drv("synchronize", self.stream.synchronize())
+    }
+
+    fn func(&self, name: &str) -> Result<&CudaFunction> {
+        self.funcs
+            .get(name)
+            .ok_or_else(|| Error::Shape(format!("kernel '{name}' is not in the compiled modules")))
+    }
+
+    pub fn alloc<T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(
+        &self,
+        n: usize,
+    ) -> Result<CudaSlice<T>> {
+        drv(
+            format!("allocate {n} elements"),
+            self.stream.alloc_zeros::<T>(n.max(1)),
+        )
+    }
+
+    pub fn upload<T: cudarc::driver::DeviceRepr>(&self, host: &[T]) -> Result<CudaSlice<T>> {
+        drv("copy to device", self.stream.clone_htod(host))
+    }
+
+    pub fn download<T: cudarc::driver::DeviceRepr + Default + Clone>(
+        &self,
+        dev: &CudaSlice<T>,
+    ) -> Result<Vec<T>> {
+        drv("copy to host", self.stream.clone_dtoh(dev))
+    }
+
+    /// Upload a matrix stored in `format` (scales: f16 bits, INT4 g128 only).
+    pub fn upload_matrix(
+        &self,
+        format: WeightFormat,
+        rows: usize,
+        cols: usize,
+        data: &[u8],
+        scales: Option<&[u16]>,
+    ) -> Result<DeviceMatrix> {
+        check_shape(format, rows, cols)?;
+        let (nbytes, nscales) = format.sizes(rows, cols);
+        if data.len() != nbytes {
+            return Err(Error::Shape(format!(
+                "{} matrix {rows}x{cols}: expected {nbytes} bytes, got {}",
+                format.name(),
+                data.len()
+            )));
+        }
+        let scales = match (nscales, scales) {
+            (0, None) => None,
+            (n, Some(s)) if s.len() == n => Some(self.upload(s)?),
+            (n, s) => {
+                return Err(Error::Shape(format!(
+                    "{} matrix {rows}x{cols}: expected {n} scales, got {}",
+                    format.name(),
+                    s.map_or(0, |s| s.len())
+                )))
+            }
+        };
+        Ok(DeviceMatrix {
+            format,
+            rows,
+            cols,
+            data: self.upload(data)?,
+            scales,
+        })
+    }
+
+    /// A matrix of random weights built on the device (no host copy), with value ranges that
+    /// keep activations finite through a deep network.
+    pub fn random_matrix(
+        &self,
+        format: WeightFormat,
+        rows: usize,
+        cols: usize,
+        seed: u64,
+    ) -> Result<DeviceMatrix> {
+        check_shape(format, rows, cols)?;
+        let (nbytes, nscales) = format.sizes(rows, cols);
+        let mut data = self.alloc::<u8>(nbytes)?;
+        let mut scales = None;
+        let cfg = grid_stride_cfg();
+        match format {
+            WeightFormat::Int4G128 => {
+                let f = self.func("fill_random_u32")?;
+                let n = (nbytes / 4) as u64;
+                self.launch(f, cfg, |b| b.arg(&mut data).arg(&n).arg(&seed))?;
+                let mut s = self.alloc::<u16>(nscales)?;
+                self.fill_half(
+                    &mut s,
+                    seed ^ 0x5ca1e,
+                    0.5 / (cols as f32).sqrt() / 4.0,
+                    1.5 / (cols as f32).sqrt() / 4.0,
+                    0,
+                )?;
+                scales = Some(s);
+            }
+            WeightFormat::Q4K => {
+                let f = self.func("fill_random_q4_k")?;
+                let n = (nbytes / 144) as u64;
+                self.launch(f, cfg, |b| b.arg(&mut data).arg(&n).arg(&seed))?;
+            }
+            WeightFormat::Q8_0 => {
+                let f = self.func("fill_random_q8_0")?;
+                let n = (nbytes / 34) as u64;
+                self.launch(f, cfg, |b| b.arg(&mut data).arg(&n).arg(&seed))?;
+            }
+            WeightFormat::Bf16 => {
+                let f = self.func("fill_random_half")?;
+                let n = (nbytes / 2) as u64;
+                let a = 1.0 / (cols as f32).sqrt();
+                let (lo, hi, kind) = (-a, a, 1i32);
+                self.launch(f, cfg, |b| {
+                    b.arg(&mut data)
+                        .arg(&n)
+                        .arg(&seed)
+                        .arg(&lo)
+                        .arg(&hi)
+                        .arg(&kind)
+                })?;
+            }
+        }
+        Ok(DeviceMatrix {
+            format,
+            rows,
+            cols,
+            data,
+            scales,
+        })
+    }
+
+    /// Fill with uniform values in [lo, hi): kind 0 = f16, 1 = bf16.
+    pub fn fill_half(
+        &self,
+        p: &mut CudaSlice<u16>,
+        seed: u64,
+        lo: f32,
+        hi: f32,
+        kind: i32,
+    ) -> Result<()> {
+        let f = self.func("fill_random_half")?;
+        let n = p.len() as u64;
+        self.launch(f, grid_stride_cfg(), |b| {
+            b.arg(p).arg(&n).arg(&seed).arg(&lo).arg(&hi).arg(&kind)
+        })
+    }
+
+    pub fn fill_f32(&self, p: &mut CudaSlice<f32>, seed: u64, lo: f32, hi: f32) -> Result<()> {
+        let f = self.func("fill_random_f32")?;
+        let n = p.len() as u64;
+        self.launch(f, grid_stride_cfg(), |b| {
+            b.arg(p).arg(&n).arg(&seed).arg(&lo).arg(&hi)
+        })
+    }
+
+    fn launch<'a>(
+        &'a self,
+        f: &'a CudaFunction,
+        cfg: LaunchConfig,
+        args: impl for<'b> FnOnce(
+            &'b mut cudarc::driver::LaunchArgs<'a>,
+        ) -> &'b mut cudarc::driver::LaunchArgs<'a>,
+    ) -> Result<()> {
+        let mut b = self.stream.launch_builder(f);
+        args(&mut b);
+        // SAFETY: every wrapper checks buffer lengths against the sizes the kernel indexes.
+        drv("kernel launch", unsafe { b.launch(cfg) }).map(|_| ())
+    }
+
+    /// y[b][0..rows] = W x[b] for b < batch (1..=8); x is [batch][cols], y is [batch][rows].
+    pub fn gemv(
+        &self,
+        w: &DeviceMatrix,
+        x: &CudaSlice<f32>,
+        batch: usize,
+        y: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        if !(1..=MAX_BATCH).contains(&batch) {
+            return Err(Error::Shape(format!(
+                "gemv batch must be 1..={MAX_BATCH}, got {batch}"
+            )));
+        }
+        check_len("gemv x", x.len(), batch * w.cols)?;
+        check_len("gemv y", y.len(), batch * w.rows)?;
+        let f = self.func(&format!("{}_b{batch}", w.format.kernel_prefix()))?;
+        // INT4 warps compute 4 rows each (kernels/gemv.cu INT4_ROWS), the others one.
+        let rows_per_block = GEMV_WARPS
+            * if w.format == WeightFormat::Int4G128 {
+                4
+            } else {
+                1
+            };
+        let cfg = LaunchConfig {
+            grid_dim: ((w.rows as u32).div_ceil(rows_per_block), 1, 1),
+            block_dim: (GEMV_WARPS * 32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (n, k) = (w.rows as i32, w.cols as i32);
+        match &w.scales {
+            Some(s) => self.launch(f, cfg, |b| {
+                b.arg(&w.data).arg(s).arg(x).arg(y).arg(&n).arg(&k)
+            }),
+            None => self.launch(f, cfg, |b| b.arg(&w.data).arg(x).arg(y).arg(&n).arg(&k)),
+        }
+    }
+
+    /// y[r] = rmsnorm(x[r]) * w for `rows` rows of `n`.
+    pub fn rmsnorm(
+        &self,
+        x: &CudaSlice<f32>,
+        w: &CudaSlice<f32>,
+        y: &mut CudaSlice<f32>,
+        rows: usize,
+        n: usize,
+        eps: f32,
+    ) -> Result<()> {
+        check_len("rmsnorm x", x.len(), rows * n)?;
+        check_len("rmsnorm y", y.len(), rows * n)?;
+        check_len("rmsnorm weight", w.len(), n)?;
+        let f = self.func("rmsnorm_f32")?;
+        let cfg = LaunchConfig {
+            grid_dim: (rows as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let n = n as i32;
+        self.launch(f, cfg, |b| b.arg(x).arg(w).arg(y).arg(&n).arg(&eps))
+    }
+
+    /// Rotary embedding in place on [n_heads][head_dim] at position `pos[0]` (device int).
+    pub fn rope(
+        &self,
+        v: &mut CudaSlice<f32>,
+        n_heads: usize,
+        head_dim: usize,
+        pos: &CudaSlice<i32>,
+        theta: f32,
+        neox: bool,
+    ) -> Result<()> {
+        if head_dim % 2 != 0 {
+            return Err(Error::Shape(format!(
+                "rope head_dim must be even, got {head_dim}"
+            )));
+        }
+        check_len("rope input", v.len(), n_heads * head_dim)?;
+        let f = self.func("rope_f32")?;
+        let total = (n_heads * head_dim / 2) as u32;
+        let (nh, hd, nx) = (n_heads as i32, head_dim as i32, neox as i32);
+        self.launch(f, LaunchConfig::for_num_elems(total), |b| {
+            b.arg(v).arg(&nh).arg(&hd).arg(pos).arg(&theta).arg(&nx)
+        })
+    }
+
+    /// out[b][i] = silu(gu[b][i]) * gu[b][n + i].
+    pub fn silu_mul(
+        &self,
+        gu: &CudaSlice<f32>,
+        out: &mut CudaSlice<f32>,
+        n: usize,
+        batch: usize,
+    ) -> Result<()> {
+        check_len("silu_mul input", gu.len(), 2 * n * batch)?;
+        check_len("silu_mul output", out.len(), n * batch)?;
+        let f = self.func("silu_mul_f32")?;
+        let cfg = LaunchConfig {
+            grid_dim: ((n as u32).div_ceil(256), batch as u32, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let n = n as i32;
+        self.launch(f, cfg, |b| b.arg(gu).arg(out).arg(&n))
+    }
+
+    /// a[0..n] += b[0..n].
+    pub fn add(&self, a: &mut CudaSlice<f32>, b_: &CudaSlice<f32>, n: usize) -> Result<()> {
+        check_len("add a", a.len(), n)?;
+        check_len("add b", b_.len(), n)?;
+        let f = self.func("add_f32")?;
+        let n = n as i32;
+        self.launch(f, LaunchConfig::for_num_elems(n as u32), |b| {
+            b.arg(a).arg(b_).arg(&n)
+        })
+    }
+
+    /// out[0..dim] = bf16 table row token[0].
+    pub fn embed(
+        &self,
+        table: &CudaSlice<u16>,
+        token: &CudaSlice<i32>,
+        out: &mut CudaSlice<f32>,
+        dim: usize,
+    ) -> Result<()> {
+        check_len("embedding output", out.len(), dim)?;
+        let f = self.func("embed_bf16")?;
+        let d = dim as i32;
+        self.launch(f, LaunchConfig::for_num_elems(dim as u32), |b| {
+            b.arg(table).arg(token).arg(out).arg(&d)
+        })
+    }
+
+    /// Write k, v ([n_kv][hd]) into the bf16 caches ([n_kv][max_seq][hd]) at position pos[0].
+    #[allow(clippy::too_many_arguments)]
+    pub fn store_kv(
+        &self,
+        k: &CudaSlice<f32>,
+        v: &CudaSlice<f32>,
+        kc: &mut CudaSlice<u16>,
+        vc: &mut CudaSlice<u16>,
+        n_kv: usize,
+        hd: usize,
+        max_seq: usize,
+        pos: &CudaSlice<i32>,
+    ) -> Result<()> {
+        check_len("store_kv k", k.len(), n_kv * hd)?;
+        check_len("store_kv v", v.len(), n_kv * hd)?;
+        check_len("k cache", kc.len(), n_kv * max_seq * hd)?;
+        check_len("v cache", vc.len(), n_kv * max_seq * hd)?;
+        let f = self.func("store_kv_bf16")?;
+        let (a, h, m) = (n_kv as i32, hd as i32, max_seq as i32);
+        self.launch(f, LaunchConfig::for_num_elems((n_kv * hd) as u32), |b| {
+            b.arg(k)
+                .arg(v)
+                .arg(kc)
+                .arg(vc)
+                .arg(&a)
+                .arg(&h)
+                .arg(&m)
+                .arg(pos)
+        })
+    }
+
+    /// Decode attention of q ([n_heads][hd]) over cache positions 0..=last_pos[0], split-K with
+    /// `split_len` positions per block. `scratch` must hold `attention_scratch_len` floats.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_decode(
+        &self,
+        q: &CudaSlice<f32>,
+        kc: &CudaSlice<u16>,
+        vc: &CudaSlice<u16>,
+        out: &mut CudaSlice<f32>,
+        scratch: &mut CudaSlice<f32>,
+        n_heads: usize,
+        n_kv: usize,
+        hd: usize,
+        max_seq: usize,
+        last_pos: &CudaSlice<i32>,
+        split_len: usize,
+    ) -> Result<()> {
+        if hd != 64 && hd != 128 {
+            return Err(Error::Shape(format!(
+                "attention head_dim must be 64 or 128, got {hd}"
+            )));
+        }
+        if n_kv == 0 || n_heads % n_kv != 0 || split_len == 0 {
+            return Err(Error::Shape(format!(
+                "attention: n_heads {n_heads} must be a multiple of n_kv {n_kv}, split_len > 0"
+            )));
+        }
+        check_len("attention q", q.len(), n_heads * hd)?;
+        check_len("attention out", out.len(), n_heads * hd)?;
+        check_len("k cache", kc.len(), n_kv * max_seq * hd)?;
+        check_len("v cache", vc.len(), n_kv * max_seq * hd)?;
+        let n_splits = max_seq.div_ceil(split_len);
+        check_len(
+            "attention scratch",
+            scratch.len(),
+            Self::attention_scratch_len(n_heads, hd, max_seq, split_len),
+        )?;
+        let (mut part_o, mut part_ml) = scratch.split_at_mut(n_heads * n_splits * hd);
+        let f = self.func(&format!("attn_decode_split_hd{hd}"))?;
+        let cfg = LaunchConfig {
+            grid_dim: (n_heads as u32, n_splits as u32, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let scale = 1.0 / (hd as f32).sqrt();
+        let (nh, nk, ms, sl) = (
+            n_heads as i32,
+            n_kv as i32,
+            max_seq as i32,
+            split_len as i32,
+        );
+        self.launch(f, cfg, |b| {
+            b.arg(q)
+                .arg(kc)
+                .arg(vc)
+                .arg(&mut part_o)
+                .arg(&mut part_ml)
+                .arg(&nh)
+                .arg(&nk)
+                .arg(&ms)
+                .arg(last_pos)
+                .arg(&sl)
+                .arg(&scale)
+        })?;
+        let f = self.func(&format!("attn_decode_merge_hd{hd}"))?;
+        let cfg = LaunchConfig {
+            grid_dim: (n_heads as u32, 1, 1),
+            block_dim: (hd as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let ns = n_splits as i32;
+        self.launch(f, cfg, |b| {
+            b.arg(&mut part_o).arg(&mut part_ml).arg(out).arg(&ns)
+        })
+    }
+
+    pub fn attention_scratch_len(
+        n_heads: usize,
+        hd: usize,
+        max_seq: usize,
+        split_len: usize,
+    ) -> usize {
+        let n_splits = max_seq.div_ceil(split_len.max(1));
+        n_heads * n_splits * (hd + 2)
+    }
+
+    /// out[0] = argmax(x[0..n]); if `pos` is given, pos[0] += 1 (next decode position).
+    pub fn argmax(
+        &self,
+        x: &CudaSlice<f32>,
+        n: usize,
+        out: &mut CudaSlice<i32>,
+        pos: &mut CudaSlice<i32>,
+    ) -> Result<()> {
+        check_len("argmax input", x.len(), n)?;
+        let f = self.func("argmax_f32")?;
+        let cfg = LaunchConfig {
+            grid_dim: (1, 1, 1),
+            block_dim: (1024, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let n = n as i32;
+        self.launch(f, cfg, |b| b.arg(x).arg(&n).arg(out).arg(pos))
+    }
+
+    /// Median milliseconds of `f` over `reps` runs timed with device events, after `warmup` runs.
+    pub fn time_ms(
+        &self,
+        warmup: usize,
+        reps: usize,
+        mut f: impl FnMut() -> Result<()>,
+    ) -> Result<f64> {
+        for _ in 0..warmup {
+            f()?;
+        }
+        let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let mut times = Vec::with_capacity(reps);
+        for _ in 0..reps.max(1) {
+            let a = drv("event", self.ctx.new_event(flags))?;
+            let b = drv("event", self.ctx.new_event(flags))?;
+            drv("event record", a.record(&self.stream))?;
+            f()?;
+            drv("event record", b.record(&self.stream))?;
+            drv("event sync", b.synchronize())?;
+            times.push(drv("event elapsed", a.elapsed_ms(&b))? as f64);
+        }
+        times.sort_by(|a, b| a.total_cmp(b));
+        Ok(times[times.len() / 2])
+    }
+}
+
+fn check_shape(format: WeightFormat, rows: usize, cols: usize) -> Result<()> {
+    if rows == 0 || cols == 0 || cols % format.k_multiple() != 0 {
+        return Err(Error::Shape(format!(
+            "{} matrix {rows}x{cols}: K ({cols}) must be a positive multiple of {}",
+            format.name(),
+            format.k_multiple()
+        )));
+    }
+    if rows > i32::MAX as usize || cols > i32::MAX as usize {
+        return Err(Error::Shape(format!("matrix {rows}x{cols} too large")));
+    }
+    Ok(())
+}
+
+fn grid_stride_cfg() -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (1024, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// Kernel names declared in a PTX module (`.entry name(`).
+pub fn ptx_entries(ptx: &str) -> Vec<String> {
+    ptx.lines()
+        .filter_map(|l| {
+            let i = l.find(".entry ")?;
+            let rest = &l[i + 7..];
+            let end = rest
+                .find(|c: char| c == '(' || c.is_whitespace())
+                .unwrap_or(rest.len());
+            Some(rest[..end].to_string())
+        })
+        .collect()
+}

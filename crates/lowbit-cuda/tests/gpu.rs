@@ -1,0 +1,176 @@
+//! GPU kernels against the CPU references. Each test prints "SKIP: no CUDA device" and passes
+//! when no driver or device exists (CI).
+
+use lowbit_cuda::reference::{self as r, Rng};
+use lowbit_cuda::{CudaBackend, WeightFormat};
+
+fn backend() -> Option<CudaBackend> {
+    match CudaBackend::new(0) {
+        Ok(b) => Some(b),
+        Err(e) => {
+            println!("SKIP: no CUDA device ({e})");
+            None
+        }
+    }
+}
+
+#[test]
+fn no_device_is_an_error_not_a_panic() {
+    // On a GPU machine this opens the device; elsewhere it must return an error.
+    match CudaBackend::new(0) {
+        Ok(b) => println!("device: {} ({})", b.device_name(), b.arch()),
+        Err(e) => println!("SKIP: no CUDA device ({e})"),
+    }
+    assert!(CudaBackend::new(1 << 20).is_err());
+}
+
+#[test]
+fn gemv_all_formats_and_batches_match_cpu() {
+    let Some(be) = backend() else { return };
+    let mut rng = Rng::new(1);
+    for format in [
+        WeightFormat::Int4G128,
+        WeightFormat::Q4K,
+        WeightFormat::Q8_0,
+        WeightFormat::Bf16,
+    ] {
+        for (rows, cols) in [(37, 512), (256, 1280), (64, 4096)] {
+            if cols % format.k_multiple() != 0 {
+                continue;
+            }
+            let (bytes, scales, vals) = r::random_matrix(format, rows, cols, &mut rng);
+            let w = be
+                .upload_matrix(format, rows, cols, &bytes, scales.as_deref())
+                .unwrap();
+            for batch in 1..=8 {
+                let x = rng.vec(batch * cols, 1.0);
+                let xd = be.upload(&x).unwrap();
+                // Poison the output so an unwritten element fails.
+                let mut yd = be.upload(&vec![f32::NAN; batch * rows]).unwrap();
+                be.gemv(&w, &xd, batch, &mut yd).unwrap();
+                let y = be.download(&yd).unwrap();
+                let want = r::gemv(&vals, rows, cols, &x, batch);
+                let err = r::rel_l2(&y, &want);
+                assert!(
+                    err < 1e-5,
+                    "{format:?} {rows}x{cols} batch {batch}: rel L2 {err:e}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn rmsnorm_and_rope_match_cpu() {
+    let Some(be) = backend() else { return };
+    let mut rng = Rng::new(2);
+    let (rows, n) = (3, 4096);
+    let x = rng.vec(rows * n, 2.0);
+    let w = rng.vec(n, 1.0);
+    let mut y = be.alloc::<f32>(rows * n).unwrap();
+    be.rmsnorm(
+        &be.upload(&x).unwrap(),
+        &be.upload(&w).unwrap(),
+        &mut y,
+        rows,
+        n,
+        1e-5,
+    )
+    .unwrap();
+    let err = r::rel_l2(&be.download(&y).unwrap(), &r::rmsnorm(&x, &w, n, 1e-5));
+    assert!(err < 1e-5, "rmsnorm rel L2 {err:e}");
+
+    for neox in [true, false] {
+        for pos in [0usize, 7, 4000] {
+            let (nh, hd) = (8, 128);
+            let v = rng.vec(nh * hd, 1.0);
+            let mut vd = be.upload(&v).unwrap();
+            let p = be.upload(&[pos as i32]).unwrap();
+            be.rope(&mut vd, nh, hd, &p, 500000.0, neox).unwrap();
+            let err = r::rel_l2(
+                &be.download(&vd).unwrap(),
+                &r::rope(&v, nh, hd, pos, 500000.0, neox),
+            );
+            assert!(err < 1e-5, "rope neox={neox} pos={pos}: rel L2 {err:e}");
+        }
+    }
+}
+
+#[test]
+fn split_k_decode_attention_matches_cpu() {
+    let Some(be) = backend() else { return };
+    let mut rng = Rng::new(3);
+    for (nh, nkv, hd, max_seq, seq, split) in [
+        (32, 8, 128, 512, 300, 64),
+        (8, 8, 64, 100, 1, 16),
+        (4, 2, 64, 1000, 1000, 128),
+    ] {
+        // bf16 caches written through store_kv, one position at a time, as decode does.
+        let mut kc = be.alloc::<u16>(nkv * max_seq * hd).unwrap();
+        let mut vc = be.alloc::<u16>(nkv * max_seq * hd).unwrap();
+        let mut kh = vec![0f32; nkv * max_seq * hd];
+        let mut vh = vec![0f32; nkv * max_seq * hd];
+        for p in 0..seq {
+            let k = rng.vec(nkv * hd, 1.0);
+            let v = rng.vec(nkv * hd, 1.0);
+            let pd = be.upload(&[p as i32]).unwrap();
+            be.store_kv(
+                &be.upload(&k).unwrap(),
+                &be.upload(&v).unwrap(),
+                &mut kc,
+                &mut vc,
+                nkv,
+                hd,
+                max_seq,
+                &pd,
+            )
+            .unwrap();
+            for h in 0..nkv {
+                for d in 0..hd {
+                    let o = (h * max_seq + p) * hd + d;
+                    kh[o] = half::bf16::from_f32(k[h * hd + d]).to_f32();
+                    vh[o] = half::bf16::from_f32(v[h * hd + d]).to_f32();
+                }
+            }
+        }
+        let q = rng.vec(nh * hd, 1.0);
+        let mut out = be.upload(&vec![f32::NAN; nh * hd]).unwrap();
+        let mut scratch = be
+            .alloc::<f32>(CudaBackend::attention_scratch_len(nh, hd, max_seq, split))
+            .unwrap();
+        let last = be.upload(&[seq as i32 - 1]).unwrap();
+        be.attention_decode(
+            &be.upload(&q).unwrap(),
+            &kc,
+            &vc,
+            &mut out,
+            &mut scratch,
+            nh,
+            nkv,
+            hd,
+            max_seq,
+            &last,
+            split,
+        )
+        .unwrap();
+        let want = r::attention(&q, &kh, &vh, nh, nkv, hd, max_seq, seq);
+        let err = r::rel_l2(&be.download(&out).unwrap(), &want);
+        assert!(
+            err < 1e-4,
+            "attention nh={nh} nkv={nkv} hd={hd} seq={seq}: rel L2 {err:e}"
+        );
+    }
+}
+
+#[test]
+fn shape_errors_are_errors() {
+    let Some(be) = backend() else { return };
+    assert!(be
+        .upload_matrix(WeightFormat::Int4G128, 4, 100, &[0; 200], Some(&[0; 4]))
+        .is_err());
+    let w = be.random_matrix(WeightFormat::Q8_0, 8, 64, 1).unwrap();
+    let x = be.alloc::<f32>(64).unwrap();
+    let mut y = be.alloc::<f32>(8).unwrap();
+    assert!(be.gemv(&w, &x, 2, &mut y).is_err());
+    assert!(be.gemv(&w, &x, 9, &mut y).is_err());
+}

@@ -1,0 +1,194 @@
+//! KL-divergence of a model against a base model over the same chunks (llama-perplexity's
+//! protocol, as [`crate::perplexity`]): PPL of each, KLD(base ‖ model) per token with mean, median
+//! and p99, top-1 agreement and RMS of the change in the correct token's probability. Logits are
+//! computed for a few tokens at a time, never for a whole chunk × vocabulary.
+
+use lowbit_model::Transformer;
+use serde::Serialize;
+
+use crate::EvalError;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct KldResult {
+    pub ppl: f64,
+    pub ppl_stderr: f64,
+    pub ppl_base: f64,
+    pub ppl_base_stderr: f64,
+    pub delta_ppl: f64,
+    /// Mean KLD(base ‖ model) in nats.
+    pub kld_mean: f64,
+    pub kld_stderr: f64,
+    pub kld_median: f64,
+    pub kld_p99: f64,
+    pub kld_max: f64,
+    /// Fraction of tokens where both models' most likely token agree.
+    pub top1: f64,
+    pub top1_stderr: f64,
+    /// RMS of p_model(correct) − p_base(correct).
+    pub rms_dp: f64,
+    pub rms_dp_stderr: f64,
+    pub scored: usize,
+    pub chunks: usize,
+    pub ctx: usize,
+}
+
+/// Per-token comparison of two logit rows (one token): (KLD(p_base ‖ p_model), top-1 agreement,
+/// p_model(target) − p_base(target), nll_model, nll_base).
+pub fn compare_logits(model: &[f32], base: &[f32], target: usize) -> (f64, bool, f64, f64, f64) {
+    let lse = |x: &[f32]| {
+        let m = x.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
+        m + x.iter().map(|&v| (v as f64 - m).exp()).sum::<f64>().ln()
+    };
+    let (lq, lb) = (lse(model), lse(base));
+    let mut kld = 0f64;
+    for (&q, &b) in model.iter().zip(base) {
+        let lpb = b as f64 - lb;
+        let lpq = q as f64 - lq;
+        kld += lpb.exp() * (lpb - lpq);
+    }
+    let argmax = |x: &[f32]| {
+        x.iter()
+            .enumerate()
+            .fold(
+                (0, f32::NEG_INFINITY),
+                |a, (i, &v)| if v > a.1 { (i, v) } else { a },
+            )
+            .0
+    };
+    let nll_q = lq - model[target] as f64;
+    let nll_b = lb - base[target] as f64;
+    (
+        kld.max(0.0),
+        argmax(model) == argmax(base),
+        (-nll_q).exp() - (-nll_b).exp(),
+        nll_q,
+        nll_b,
+    )
+}
+
+fn mean_stderr(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+    (mean, (var / n).sqrt())
+}
+
+/// Run `model` and `base` over the same chunks of `tokens` and compare their predictions.
+#[allow(clippy::too_many_arguments)]
+pub fn kl_divergence(
+    model: &Transformer,
+    base: &Transformer,
+    tokens: &[u32],
+    bos: Option<u32>,
+    ctx: usize,
+    max_chunks: Option<usize>,
+    mut progress: impl FnMut(usize, usize, f64),
+) -> Result<KldResult, EvalError> {
+    if ctx < 4 {
+        return Err(EvalError::BadCtx(ctx));
+    }
+    if model.config.vocab_size != base.config.vocab_size {
+        return Err(EvalError::Model(lowbit_model::ModelError::Other(format!(
+            "the models have different vocabularies ({} vs {} tokens): KL-divergence needs the same tokenizer",
+            model.config.vocab_size, base.config.vocab_size
+        ))));
+    }
+    let available = tokens.len() / ctx;
+    if available == 0 {
+        return Err(EvalError::TooShort {
+            tokens: tokens.len(),
+            ctx,
+        });
+    }
+    let chunks = max_chunks.map_or(available, |m| m.min(available));
+    let first = ctx / 2;
+    let (hq, hb) = (model.config.hidden_size, base.config.hidden_size);
+    let mut sq = model.new_state(ctx);
+    let mut sb = base.new_state(ctx);
+    let (mut klds, mut dps, mut nq, mut nb) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut agree = 0usize;
+    // Tokens per logits slice: bounds memory to 2 × SLICE × vocab floats.
+    const SLICE: usize = 16;
+    for c in 0..chunks {
+        let mut chunk = tokens[c * ctx..(c + 1) * ctx].to_vec();
+        if let Some(b) = bos {
+            chunk[0] = b;
+        }
+        sq.clear();
+        sb.clear();
+        let xq = model.forward_hidden(&mut sq, &chunk, first)?;
+        let xb = base.forward_hidden(&mut sb, &chunk, first)?;
+        let scored = ctx - 1 - first;
+        let vocab = model.config.vocab_size;
+        for t0 in (0..scored).step_by(SLICE) {
+            let t1 = (t0 + SLICE).min(scored);
+            let lq = model.lm_head.forward(&xq[t0 * hq..t1 * hq]);
+            let lb = base.lm_head.forward(&xb[t0 * hb..t1 * hb]);
+            for t in t0..t1 {
+                let target = tokens[c * ctx + first + t + 1] as usize;
+                let r = t - t0;
+                let (k, a, dp, q, b) = compare_logits(
+                    &lq[r * vocab..(r + 1) * vocab],
+                    &lb[r * vocab..(r + 1) * vocab],
+                    target,
+                );
+                klds.push(k);
+                agree += a as usize;
+                dps.push(dp);
+                nq.push(q);
+                nb.push(b);
+            }
+        }
+        progress(c + 1, chunks, klds.iter().sum::<f64>() / klds.len() as f64);
+    }
+    let n = klds.len();
+    let (kld_mean, kld_stderr) = mean_stderr(&klds);
+    let (mq, sq_err) = mean_stderr(&nq);
+    let (mb, sb_err) = mean_stderr(&nb);
+    let dp2: Vec<f64> = dps.iter().map(|d| d * d).collect();
+    let (ms, ms_err) = mean_stderr(&dp2);
+    let rms_dp = ms.sqrt();
+    let mut sorted = klds.clone();
+    sorted.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    let pct = |p: f64| sorted[((p * (n - 1) as f64).round() as usize).min(n - 1)];
+    let top1 = agree as f64 / n as f64;
+    Ok(KldResult {
+        ppl: mq.exp(),
+        ppl_stderr: mq.exp() * sq_err,
+        ppl_base: mb.exp(),
+        ppl_base_stderr: mb.exp() * sb_err,
+        delta_ppl: mq.exp() - mb.exp(),
+        kld_mean,
+        kld_stderr,
+        kld_median: pct(0.5),
+        kld_p99: pct(0.99),
+        kld_max: sorted[n - 1],
+        top1,
+        top1_stderr: (top1 * (1.0 - top1) / n as f64).sqrt(),
+        rms_dp,
+        // Delta method: d sqrt(m) = dm / (2 sqrt(m)).
+        rms_dp_stderr: if rms_dp > 0.0 {
+            ms_err / (2.0 * rms_dp)
+        } else {
+            0.0
+        },
+        scored: n,
+        chunks,
+        ctx,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identical_logits_have_zero_divergence() {
+        let x = [1.0f32, 2.0, -0.5, 0.25];
+        let (k, a, dp, q, b) = compare_logits(&x, &x, 1);
+        assert!(k.abs() < 1e-12 && a && dp == 0.0 && q == b);
+        let y = [1.0f32, 0.0, -0.5, 3.0];
+        let (k, a, _, _, _) = compare_logits(&y, &x, 1);
+        assert!(k > 0.0 && !a);
+    }
+}

@@ -1,0 +1,16 @@
+//! lowbit-quant: weight compression. Round-to-nearest and GPTQ quantization of a model's linear
+//! layers (GPTQ calibrated block by block, one decoder layer's activations at a time), written
+//! as Hugging Face directories in vLLM's compressed-tensors layout (see docs/FORMAT.md).
+
+pub mod gptq;
+pub mod linalg;
+pub mod quantizer;
+
+pub use gptq::{gptq, GptqOptions};
+pub use quantizer::{rtn, ElemKind, Params, QuantizedTensor, Quantizer, ScaleLayout};
+pub mod export;
+pub mod pipeline;
+
+pub use export::{write_model, Source, WriteInfo};
+pub use pipeline::{quantize_model, Method, Options, OutTensor, QuantizedModel};
+pub use regex;
