@@ -37,7 +37,7 @@ log=${OUT:-/tmp}/gpu-suite.log
     echo "== tests"
     for t in "$DIST"/lowbit-cuda-tests-*; do "$t" --test-threads=1; done
     echo "== GEMV bandwidth and synthetic decode"
-    "$DIST/lowbit" gpu-bench --synthetic llama-3-8b --format int4g128,q4_k,q8_0,bf16 --batches 1,4,8 --decode-tokens 128 --device cuda
+    "$DIST/lowbit" gpu-bench --synthetic llama-3-8b --format int4g128,q4_k,q8_0,bf16 --batches 1,2,4,8 --decode-tokens 128 --device cuda
     # cuBLAS bf16 GEMV reference through PyTorch, if present.
     python3 - <<'PY' || echo "(no PyTorch: cuBLAS reference skipped)"
 import torch

@@ -52,8 +52,15 @@ fn stats(mut v: Vec<f64>) -> Stats {
         (v[n / 2 - 1] + v[n / 2]) / 2.0
     };
     let mean = v.iter().sum::<f64>() / n.max(1) as f64;
-    let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n.saturating_sub(1)).max(1) as f64;
-    Stats { median, min: v.first().copied().unwrap_or(0.0), max: v.last().copied().unwrap_or(0.0), stddev: var.sqrt(), samples: v }
+    let var =
+        v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n.saturating_sub(1)).max(1) as f64;
+    Stats {
+        median,
+        min: v.first().copied().unwrap_or(0.0),
+        max: v.last().copied().unwrap_or(0.0),
+        stddev: var.sqrt(),
+        samples: v,
+    }
 }
 
 /// Peak resident set size (VmHWM) in MiB, if the kernel reports it.
@@ -76,7 +83,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let vocab = m.config.vocab_size as u64;
     let mut seed = 0x9E37_79B9_7F4A_7C15u64;
     let mut next_token = move || {
-        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ((seed >> 33) % vocab) as u32
     };
     let prompt: Vec<u32> = (0..a.prompt).map(|_| next_token()).collect();
@@ -135,13 +144,33 @@ pub fn run(a: BenchArgs) -> Result<()> {
         });
         println!("{j}");
     } else {
-        println!("model: {}  threads: {threads}  kernels: {isa}  reps: {}", a.model, a.reps);
-        println!("{:>8} {:>12} {:>10} {:>10} {:>10}", "test", "t/s median", "min", "max", "stddev");
+        println!(
+            "model: {}  threads: {threads}  kernels: {isa}  reps: {}",
+            a.model, a.reps
+        );
+        println!(
+            "{:>8} {:>12} {:>10} {:>10} {:>10}",
+            "test", "t/s median", "min", "max", "stddev"
+        );
         if a.prompt > 0 {
-            println!("{:>8} {:>12.2} {:>10.2} {:>10.2} {:>10.2}", format!("pp{}", a.prompt), pp.median, pp.min, pp.max, pp.stddev);
+            println!(
+                "{:>8} {:>12.2} {:>10.2} {:>10.2} {:>10.2}",
+                format!("pp{}", a.prompt),
+                pp.median,
+                pp.min,
+                pp.max,
+                pp.stddev
+            );
         }
         if a.gen > 0 {
-            println!("{:>8} {:>12.2} {:>10.2} {:>10.2} {:>10.2}", format!("tg{}", a.gen), tg.median, tg.min, tg.max, tg.stddev);
+            println!(
+                "{:>8} {:>12.2} {:>10.2} {:>10.2} {:>10.2}",
+                format!("tg{}", a.gen),
+                tg.median,
+                tg.min,
+                tg.max,
+                tg.stddev
+            );
         }
         match rss {
             Some(r) => println!("peak RSS: {r:.1} MiB"),

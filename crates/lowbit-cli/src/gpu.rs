@@ -106,15 +106,17 @@ pub fn gpu_bench(a: GpuBenchArgs) -> Result<()> {
         for &format in &formats {
             let max_seq = a.decode_tokens.max(64).next_power_of_two();
             let mut m = bench::SyntheticModel::build(&be, &shape, format, max_seq)?;
-            let ms = bench::decode(&be, &mut m, a.decode_tokens, max_seq)?;
-            let tok_s = a.decode_tokens as f64 / (ms * 1e-3);
+            let t = bench::decode(&be, &mut m, a.decode_tokens, max_seq)?;
             // Bytes per token: weights + the KV cache read at the mean position of the run.
             let bytes = m.weight_bytes_per_token() + m.kv_bytes_at(a.decode_tokens / 2);
             let bound = copy * 1e9 / bytes as f64;
-            println!(
-                "decode {} {}: {} tokens in {:.1} ms = {:.1} tokens/s; {:.2} GB/token, bound {:.0} tokens/s ({:.1}% of bound)",
-                shape.name, format.name(), a.decode_tokens, ms, tok_s, bytes as f64 / 1e9, bound, 100.0 * tok_s / bound
-            );
+            for (how, ms) in [("eager", t.eager_ms), ("graph", t.graph_ms)] {
+                let tok_s = a.decode_tokens as f64 / (ms * 1e-3);
+                println!(
+                    "decode {} {} ({how}): {} tokens in {:.1} ms = {:.1} tokens/s; {:.2} GB/token, bound {:.0} tokens/s ({:.1}% of bound)",
+                    shape.name, format.name(), a.decode_tokens, ms, tok_s, bytes as f64 / 1e9, bound, 100.0 * tok_s / bound
+                );
+            }
         }
     }
     Ok(())

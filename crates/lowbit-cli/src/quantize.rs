@@ -48,6 +48,9 @@ pub struct QuantizeArgs {
     /// Print one JSON summary.
     #[arg(long)]
     json: bool,
+    /// Abort (leaving nothing behind) if resident memory goes over this many MiB.
+    #[arg(long, value_name = "MIB")]
+    max_memory: Option<u64>,
 }
 
 /// Preset scheme names → spec names.
@@ -70,12 +73,17 @@ pub struct Input {
     pub tokenizer: Option<Box<dyn lowbit_model::tokenizer::Tokenizer>>,
     pub dir: Option<PathBuf>,
     pub config_json: Option<serde_json::Value>,
+    /// Tokenizer to write as tokenizer.gguf (GGUF and llama2.c sources).
+    pub tokenizer_gguf: Option<Vec<(String, lowbit_model::gguf::GgufValue)>>,
 }
 
 /// Open a model; an HF directory without a tokenizer opens weights-only.
 pub fn open_input(spec: &str) -> Result<Input> {
     let path = Path::new(spec);
-    if path.is_dir() && !path.join("tokenizer.json").exists() {
+    if path.is_dir()
+        && !path.join("tokenizer.json").exists()
+        && !path.join(lowbit_quant::export::TOKENIZER_GGUF).exists()
+    {
         let (cfg, weights) = lowbit_model::safetensors_dir::open_hf_dir(path)
             .with_context(|| format!("cannot load model '{spec}'"))?;
         let config = lowbit_model::config::from_hf_config(&cfg, &path.join("config.json"))?;
@@ -85,6 +93,7 @@ pub fn open_input(spec: &str) -> Result<Input> {
             tokenizer: None,
             dir: Some(path.to_path_buf()),
             config_json: Some(cfg),
+            tokenizer_gguf: None,
         });
     }
     let m = lowbit_model::source::load_model(spec)
@@ -104,13 +113,47 @@ pub fn open_input(spec: &str) -> Result<Input> {
     } else {
         (None, None)
     };
+    let tokenizer_gguf = match m.source {
+        "gguf" => {
+            let (g, _) = lowbit_model::gguf::open_gguf(&m.path)?;
+            Some(lowbit_quant::hf_source::tokenizer_metadata_from_gguf(&g))
+        }
+        "llama2c" => {
+            let tok = llama2c_tokenizer_path(&m.path, m.config.vocab_size)?;
+            let t = lowbit_model::tokenizer::llama2c::Llama2cTokenizer::open(
+                &tok,
+                Some(m.config.vocab_size),
+            )?;
+            Some(lowbit_quant::hf_source::tokenizer_metadata_from_llama2c(
+                &t,
+            )?)
+        }
+        _ => None,
+    };
+    let (mut config, mut weights) = (m.config, m.weights);
+    // HF checkpoints use NeoX rope: put interleaved q/k rows (llama GGUF, llama2.c) in that order.
+    lowbit_quant::hf_source::undo_interleaved_rope(&mut config, &mut weights)
+        .with_context(|| format!("model '{spec}'"))?;
     Ok(Input {
-        config: m.config,
-        weights: m.weights,
+        config,
+        weights,
         tokenizer: Some(m.tokenizer),
         dir,
         config_json,
+        tokenizer_gguf,
     })
+}
+
+/// The tokenizer llama2.c's loader uses: `tok{vocab}.bin` or `tokenizer.bin` next to the checkpoint.
+fn llama2c_tokenizer_path(model: &Path, vocab: usize) -> Result<PathBuf> {
+    let dir = model.parent().unwrap_or(Path::new("."));
+    [
+        dir.join(format!("tok{vocab}.bin")),
+        dir.join("tokenizer.bin"),
+    ]
+    .into_iter()
+    .find(|p| p.exists())
+    .with_context(|| format!("no llama2.c tokenizer next to {}", model.display()))
 }
 
 pub fn quantize(a: QuantizeArgs) -> Result<()> {
@@ -160,6 +203,7 @@ pub fn quantize(a: QuantizeArgs) -> Result<()> {
             block: 128,
             act_order: a.act_order,
         },
+        max_rss_bytes: a.max_memory.map(|m| m * 1024 * 1024),
     };
     let bar = indicatif::ProgressBar::new(1);
     bar.set_style(
@@ -169,22 +213,11 @@ pub fn quantize(a: QuantizeArgs) -> Result<()> {
     if a.json {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
-    let qm = lowbit_quant::quantize_model(
-        &input.config,
-        &input.weights,
-        &opts,
-        &calib,
-        &mut |msg, i, n| {
-            bar.set_length(n as u64);
-            bar.set_position(i as u64);
-            bar.set_message(msg.to_string());
-        },
-    )?;
-    bar.finish_and_clear();
     let src = Source {
         config: &input.config,
         config_json: input.config_json.clone(),
         dir: input.dir.clone(),
+        tokenizer_gguf: input.tokenizer_gguf.clone(),
     };
     let info = WriteInfo {
         scheme: spec.to_string(),
@@ -193,7 +226,31 @@ pub fn quantize(a: QuantizeArgs) -> Result<()> {
         calib_sequences: calib.len(),
         calib_len: a.calib_len,
     };
-    lowbit_quant::write_model(&a.out, &src, &qm, &quantizer, &info, a.force)?;
+    // Stream: the safetensors header is written from the plan, then each tensor as it is made.
+    let plan = lowbit_quant::pipeline::plan(&input.weights, &opts)?;
+    let targets = plan.targets.iter().cloned().collect();
+    let specs = lowbit_quant::export::plan_specs(&src, &input.weights, &targets, &quantizer)?;
+    let mut writer = lowbit_quant::ModelWriter::create(&a.out, &src, specs, a.force)?;
+    let reports = lowbit_quant::quantize_streaming(
+        &input.config,
+        &input.weights,
+        &opts,
+        &plan,
+        &calib,
+        &mut |name, t| writer.add(name, &t),
+        &mut |msg, i, n| {
+            bar.set_length(n as u64);
+            bar.set_position(i as u64);
+            bar.set_message(msg.to_string());
+        },
+    )?;
+    bar.finish_and_clear();
+    writer.finish(&plan.ignored, &quantizer, &info)?;
+    let qm = lowbit_quant::QuantizedModel {
+        tensors: Default::default(),
+        reports,
+        ignored: plan.ignored,
+    };
     let seconds = t0.elapsed().as_secs_f64();
     let peak = lowbit_quant::pipeline::peak_rss_bytes();
     let (mut wsum, mut bits) = (0f64, 0f64);

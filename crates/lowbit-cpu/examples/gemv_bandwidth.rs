@@ -16,39 +16,72 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn time(reps: usize, mut f: impl FnMut()) -> f64 {
     f();
-    median((0..reps).map(|_| {
-        let t = Instant::now();
-        f();
-        t.elapsed().as_secs_f64()
-    }).collect())
+    median(
+        (0..reps)
+            .map(|_| {
+                let t = Instant::now();
+                f();
+                t.elapsed().as_secs_f64()
+            })
+            .collect(),
+    )
 }
 
 fn main() {
-    let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
-    let shapes: Vec<(usize, usize)> =
-        if args.len() == 2 { vec![(args[0], args[1])] } else { vec![(262144, 640), (4096, 4096)] };
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let shapes: Vec<(usize, usize)> = if args.len() == 2 {
+        vec![(args[0], args[1])]
+    } else {
+        vec![(262144, 640), (4096, 4096)]
+    };
     for (rows, cols) in shapes {
         // Plain read of a buffer as large as the Q8_0 matrix: sum of u64 words.
         let bytes = GgmlType::Q8_0.byte_len(cols).unwrap() * rows;
         let buf: Vec<u64> = (0..bytes / 8).map(|i| i as u64).collect();
         let t = time(5, || {
             use rayon::prelude::*;
-            let s: u64 = buf.par_chunks(1 << 16).map(|c| c.iter().fold(0u64, |a, b| a ^ b)).reduce(|| 0, |a, b| a ^ b);
+            let s: u64 = buf
+                .par_chunks(1 << 16)
+                .map(|c| c.iter().fold(0u64, |a, b| a ^ b))
+                .reduce(|| 0, |a, b| a ^ b);
             std::hint::black_box(s);
         });
-        println!("{rows}x{cols}: plain read {:.1} MB: {:.1} GB/s", bytes as f64 / 1e6, bytes as f64 / t / 1e9);
+        println!(
+            "{rows}x{cols}: plain read {:.1} MB: {:.1} GB/s",
+            bytes as f64 / 1e6,
+            bytes as f64 / t / 1e9
+        );
         drop(buf);
-        for t in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K, GgmlType::IQ4_NL, GgmlType::MXFP4] {
+        for t in [
+            GgmlType::Q8_0,
+            GgmlType::Q4_0,
+            GgmlType::Q5_0,
+            GgmlType::Q4_K,
+            GgmlType::Q5_K,
+            GgmlType::Q6_K,
+            GgmlType::IQ4_NL,
+            GgmlType::MXFP4,
+        ] {
             if cols % t.block_size() != 0 {
                 continue;
             }
             let rb = t.byte_len(cols).unwrap();
             // Random-ish bytes with small f16 scales: speed does not depend on the values.
-            let mut data: Vec<u8> = (0..rows * rb).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8 & 0x77).collect();
+            let mut data: Vec<u8> = (0..rows * rb)
+                .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8 & 0x77)
+                .collect();
             if t == GgmlType::MXFP4 {
                 data.iter_mut().step_by(17).for_each(|b| *b = 120);
             }
-            let w = WeightMatrix { dtype: t, rows, cols, data: &data };
+            let w = WeightMatrix {
+                dtype: t,
+                rows,
+                cols,
+                data: &data,
+            };
             let x: Vec<f32> = (0..cols).map(|i| (i as f32 * 0.37).sin()).collect();
             let mut y = vec![0f32; rows];
             let tq = time(7, || matmul(&x, w, &mut y));
@@ -56,7 +89,12 @@ fn main() {
             let mb = (rows * rb) as f64;
             println!(
                 "  {:7} {:7.1} MB  fused {:6.2} ms {:5.1} GB/s   f32 path {:6.2} ms {:5.1} GB/s",
-                t.name(), mb / 1e6, tq * 1e3, mb / tq / 1e9, tf * 1e3, mb / tf / 1e9
+                t.name(),
+                mb / 1e6,
+                tq * 1e3,
+                mb / tq / 1e9,
+                tf * 1e3,
+                mb / tf / 1e9
             );
         }
     }

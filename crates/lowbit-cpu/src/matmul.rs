@@ -34,9 +34,12 @@ impl<'a> WeightMatrix<'a> {
 
     /// Checks that `data` has exactly `rows` rows of `cols` values.
     pub fn validate(&self) -> Result<(), String> {
-        let rb = self
-            .row_bytes()
-            .ok_or_else(|| format!("{} columns is not a multiple of the {} block size", self.cols, self.dtype))?;
+        let rb = self.row_bytes().ok_or_else(|| {
+            format!(
+                "{} columns is not a multiple of the {} block size",
+                self.cols, self.dtype
+            )
+        })?;
         if rb.checked_mul(self.rows) != Some(self.data.len()) {
             return Err(format!(
                 "{}x{} {} needs {} bytes, got {}",
@@ -166,7 +169,15 @@ fn gemv_q8(x: &[f32], w: WeightMatrix<'_>, y: &mut [f32], tokens: usize, isa: Is
     let out = SendMutPtr(y.as_mut_ptr());
     let out = &out;
     let run = |act: &[Q8Block]| {
-        let job = RowsJob { dtype: w.dtype, data: w.data, row_bytes: rb, rows: w.rows, act, tokens, nb };
+        let job = RowsJob {
+            dtype: w.dtype,
+            data: w.data,
+            row_bytes: rb,
+            rows: w.rows,
+            act,
+            tokens,
+            nb,
+        };
         let threads = rayon::current_num_threads().max(1);
         let by_bytes = (w.rows * rb) / GEMV_MIN_TASK_BYTES;
         let tasks = by_bytes.clamp(1, threads * 8).min(w.rows);
@@ -254,50 +265,59 @@ fn matmul_blocked(x: &[f32], w: WeightMatrix<'_>, y: &mut [f32], tokens: usize) 
     let y_ptr = SendPtr(y.as_mut_ptr());
     let y_ptr = &y_ptr;
     let block_rows = GEMM_BLOCK_ROWS;
-    let f32_le_aligned = w.dtype == GgmlType::F32 && (w.data.as_ptr() as usize) % 4 == 0 && cfg!(target_endian = "little");
-    (0..rows.div_ceil(block_rows)).into_par_iter().for_each_init(
-        || vec![0f32; block_rows * cols],
-        |scratch, bi| {
-            let r0 = bi * block_rows;
-            let n = block_rows.min(rows - r0);
-            let block: &[f32] = if f32_le_aligned {
-                let bytes = &w.data[r0 * rb..(r0 + n) * rb];
-                // SAFETY: aligned to 4, little-endian f32 data, length a multiple of 4.
-                unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const f32, n * cols) }
-            } else {
-                for i in 0..n {
-                    dequantize_row(w.dtype, w.row(r0 + i, rb), &mut scratch[i * cols..(i + 1) * cols]).unwrap();
+    let f32_le_aligned = w.dtype == GgmlType::F32
+        && (w.data.as_ptr() as usize) % 4 == 0
+        && cfg!(target_endian = "little");
+    (0..rows.div_ceil(block_rows))
+        .into_par_iter()
+        .for_each_init(
+            || vec![0f32; block_rows * cols],
+            |scratch, bi| {
+                let r0 = bi * block_rows;
+                let n = block_rows.min(rows - r0);
+                let block: &[f32] = if f32_le_aligned {
+                    let bytes = &w.data[r0 * rb..(r0 + n) * rb];
+                    // SAFETY: aligned to 4, little-endian f32 data, length a multiple of 4.
+                    unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const f32, n * cols) }
+                } else {
+                    for i in 0..n {
+                        dequantize_row(
+                            w.dtype,
+                            w.row(r0 + i, rb),
+                            &mut scratch[i * cols..(i + 1) * cols],
+                        )
+                        .unwrap();
+                    }
+                    &scratch[..n * cols]
+                };
+                // SAFETY: blocks write disjoint column ranges [r0, r0+n) of y; all pointers and
+                // strides describe in-bounds matrices: dst tokens×n (row stride rows), lhs
+                // tokens×cols, rhs cols×n read from the row-major n×cols block.
+                unsafe {
+                    gemm::gemm(
+                        tokens,
+                        n,
+                        cols,
+                        y_ptr.0.add(r0),
+                        1,
+                        rows as isize,
+                        false,
+                        x.as_ptr(),
+                        1,
+                        cols as isize,
+                        block.as_ptr(),
+                        cols as isize,
+                        1,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
                 }
-                &scratch[..n * cols]
-            };
-            // SAFETY: blocks write disjoint column ranges [r0, r0+n) of y; all pointers and
-            // strides describe in-bounds matrices: dst tokens×n (row stride rows), lhs
-            // tokens×cols, rhs cols×n read from the row-major n×cols block.
-            unsafe {
-                gemm::gemm(
-                    tokens,
-                    n,
-                    cols,
-                    y_ptr.0.add(r0),
-                    1,
-                    rows as isize,
-                    false,
-                    x.as_ptr(),
-                    1,
-                    cols as isize,
-                    block.as_ptr(),
-                    cols as isize,
-                    1,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
-            }
-        },
-    );
+            },
+        );
 }
 
 #[inline(always)]
@@ -352,7 +372,9 @@ mod tests {
     }
 
     fn lcg(seed: &mut u64) -> f32 {
-        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
     }
 

@@ -23,7 +23,12 @@ pub struct Q8Block {
 /// Quantize `x` (a multiple of 32 values) into `out` (`x.len() / 32` blocks): per block
 /// `d = max|x| / 127`, `q = round(x / d)` (ties away from zero), as llama.cpp's Q8_0.
 pub fn quantize_q8(x: &[f32], out: &mut [Q8Block]) {
-    assert_eq!(x.len() % QA, 0, "activation length {} is not a multiple of {QA}", x.len());
+    assert_eq!(
+        x.len() % QA,
+        0,
+        "activation length {} is not a multiple of {QA}",
+        x.len()
+    );
     assert_eq!(out.len(), x.len() / QA, "wrong number of activation blocks");
     for (xb, ob) in x.chunks_exact(QA).zip(out.iter_mut()) {
         let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
@@ -48,7 +53,9 @@ mod tests {
 
     #[test]
     fn roundtrip_error_is_half_a_step() {
-        let x: Vec<f32> = (0..96).map(|i| ((i * 29) % 53) as f32 * 0.37 - 9.0).collect();
+        let x: Vec<f32> = (0..96)
+            .map(|i| ((i * 29) % 53) as f32 * 0.37 - 9.0)
+            .collect();
         let mut b = vec![Q8Block::default(); 3];
         quantize_q8(&x, &mut b);
         for (xb, bb) in x.chunks(32).zip(&b) {

@@ -21,7 +21,10 @@ use crate::q8act::{Q8Block, QA};
 /// Weight types with fused integer kernels (scalar reference for all of them).
 pub fn is_supported(t: GgmlType) -> bool {
     use GgmlType::*;
-    matches!(t, Q8_0 | Q4_0 | Q5_0 | IQ4_NL | MXFP4 | Q2_K | Q3_K | Q4_K | Q5_K | Q6_K)
+    matches!(
+        t,
+        Q8_0 | Q4_0 | Q5_0 | IQ4_NL | MXFP4 | Q2_K | Q3_K | Q4_K | Q5_K | Q6_K
+    )
 }
 
 /// Weight types with SIMD kernels (the others fall back to the f32 path in `matmul`).
@@ -47,7 +50,8 @@ impl Isa {
         {
             use std::arch::is_x86_feature_detected as has;
             let avx2 = has!("avx2") && has!("fma") && has!("f16c");
-            if avx2 && has!("avx512f") && has!("avx512bw") && has!("avx512vl") && has!("avx512vnni") {
+            if avx2 && has!("avx512f") && has!("avx512bw") && has!("avx512vl") && has!("avx512vnni")
+            {
                 return Isa::Avx512Vnni;
             }
             if avx2 {
@@ -58,7 +62,9 @@ impl Isa {
     }
 }
 
-const KVALUES_IQ4NL: [i8; 16] = [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113];
+const KVALUES_IQ4NL: [i8; 16] = [
+    -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
+];
 /// E2M1 values doubled; the E8M0 scale is halved to match (as ggml).
 const KVALUES_MXFP4: [i8; 16] = [0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12];
 
@@ -93,7 +99,11 @@ fn f16(b: &[u8], i: usize) -> f32 {
 /// Half of the E8M0 scale, 2^(e − 128) (ggml `ggml_e8m0_to_fp32_half`).
 #[inline(always)]
 fn e8m0_half(e: u8) -> f32 {
-    f32::from_bits(if e < 2 { 0x0020_0000u32 << e } else { ((e - 1) as u32) << 23 })
+    f32::from_bits(if e < 2 {
+        0x0020_0000u32 << e
+    } else {
+        ((e - 1) as u32) << 23
+    })
 }
 
 /// The 8 (scale, min) pairs of 6 bits of Q4_K / Q5_K.
@@ -173,7 +183,8 @@ pub fn row_dot_scalar(t: GgmlType, w: &[u8], a: &[Q8Block]) -> Option<f32> {
                         let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
                         for l in 0..16 {
                             q[l] = ((b[6 + l] & 0x0F) as u32 | ((qh >> l) & 1) << 4) as i32;
-                            q[l + 16] = ((b[6 + l] >> 4) as u32 | ((qh >> (l + 16)) & 1) << 4) as i32;
+                            q[l + 16] =
+                                ((b[6 + l] >> 4) as u32 | ((qh >> (l + 16)) & 1) << 4) as i32;
                         }
                         (f16(b, 0), 16)
                     }
@@ -187,8 +198,11 @@ pub fn row_dot_scalar(t: GgmlType, w: &[u8], a: &[Q8Block]) -> Option<f32> {
             for (b, ab) in w.chunks_exact(bytes).zip(a.chunks_exact(8)) {
                 let (d, dmin) = (f16(b, 0), f16(b, 2));
                 let (sc, mn) = scale_min_k4(&b[4..16]);
-                let (qh, qs): (Option<&[u8]>, &[u8]) =
-                    if t == Q5_K { (Some(&b[16..48]), &b[48..176]) } else { (None, &b[16..144]) };
+                let (qh, qs): (Option<&[u8]>, &[u8]) = if t == Q5_K {
+                    (Some(&b[16..48]), &b[48..176])
+                } else {
+                    (None, &b[16..144])
+                };
                 for c in 0..4 {
                     for h in 0..2 {
                         let sub = 2 * c + h;
@@ -200,7 +214,8 @@ pub fn row_dot_scalar(t: GgmlType, w: &[u8], a: &[Q8Block]) -> Option<f32> {
                         }
                         let blk = &ab[sub];
                         let s = idot(&q, &blk.qs);
-                        acc += (d * sc[sub] as f32 * blk.d) * s as f32 - (dmin * mn[sub] as f32 * blk.d) * blk.sum as f32;
+                        acc += (d * sc[sub] as f32 * blk.d) * s as f32
+                            - (dmin * mn[sub] as f32 * blk.d) * blk.sum as f32;
                     }
                 }
             }
@@ -220,7 +235,8 @@ pub fn row_dot_scalar(t: GgmlType, w: &[u8], a: &[Q8Block]) -> Option<f32> {
                         }
                         let mut s = 0i32;
                         for h in 0..2 {
-                            let part = idot(&q[16 * h..16 * h + 16], &blk.qs[16 * h..16 * h + 16]) - 32 * blk.half_sums[h];
+                            let part = idot(&q[16 * h..16 * h + 16], &blk.qs[16 * h..16 * h + 16])
+                                - 32 * blk.half_sums[h];
                             s += (sc[8 * n + 2 * j + h] as i8) as i32 * part;
                         }
                         acc += (d * blk.d) * s as f32;
@@ -265,7 +281,8 @@ pub fn row_dot_scalar(t: GgmlType, w: &[u8], a: &[Q8Block]) -> Option<f32> {
                         }
                         let mut s = 0i32;
                         for h in 0..2 {
-                            let part = idot(&q[16 * h..16 * h + 16], &blk.qs[16 * h..16 * h + 16]) - 4 * blk.half_sums[h];
+                            let part = idot(&q[16 * h..16 * h + 16], &blk.qs[16 * h..16 * h + 16])
+                                - 4 * blk.half_sums[h];
                             s += sc[8 * n + 2 * j + h] * part;
                         }
                         acc += (d * blk.d) * s as f32;
@@ -361,7 +378,11 @@ mod x86 {
         }
         #[inline(always)]
         unsafe fn dot_s8(w: __m256i, a: __m256i) -> __m256i {
-            _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_abs_epi8(a), _mm256_sign_epi8(w, a))
+            _mm256_dpbusd_epi32(
+                _mm256_setzero_si256(),
+                _mm256_abs_epi8(a),
+                _mm256_sign_epi8(w, a),
+            )
         }
         #[inline(always)]
         unsafe fn bits32(x: u32) -> __m256i {
@@ -382,7 +403,12 @@ mod x86 {
         unsafe fn bits32(x: u32) -> __m256i {
             // Byte i takes byte i/8 of x, then tests its bit i%8.
             let v = _mm256_set1_epi32(x as i32);
-            let idx = _mm256_setr_epi64x(0, 0x0101_0101_0101_0101, 0x0202_0202_0202_0202, 0x0303_0303_0303_0303);
+            let idx = _mm256_setr_epi64x(
+                0,
+                0x0101_0101_0101_0101,
+                0x0202_0202_0202_0202,
+                0x0303_0303_0303_0303,
+            );
             let bytes = _mm256_shuffle_epi8(v, idx);
             let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
             _mm256_cmpeq_epi8(_mm256_and_si256(bytes, bit), bit)
@@ -429,10 +455,17 @@ mod x86 {
         _mm_cvtss_f32(s)
     }
 
+    /// The f16 at `p` in all 8 lanes. Converting all lanes keeps the compiler from turning this
+    /// into a scalar `vpinsrw` that merges into (and so waits on) the accumulator register.
+    #[inline(always)]
+    unsafe fn f16_splat(p: *const u8) -> __m256 {
+        let bits = (p as *const u16).read_unaligned();
+        _mm256_cvtph_ps(_mm_set1_epi16(bits as i16))
+    }
+
     #[inline(always)]
     unsafe fn f16_at(p: *const u8) -> f32 {
-        let bits = (p as *const u16).read_unaligned();
-        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+        _mm256_cvtss_f32(f16_splat(p))
     }
 
     #[inline(always)]
@@ -458,7 +491,8 @@ mod x86 {
         for (i, ab) in a.iter().enumerate() {
             let b = w.add(34 * i);
             let s = O::dot_s8(_mm256_loadu_si256(b.add(2) as *const __m256i), load_a(ab));
-            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(f16_at(b) * ab.d), acc);
+            let scale = _mm256_mul_ps(f16_splat(b), _mm256_set1_ps(ab.d));
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), scale, acc);
         }
         hsum(acc)
     }
@@ -470,9 +504,9 @@ mod x86 {
         for (i, ab) in a.iter().enumerate() {
             let b = w.add(18 * i);
             let s = O::dot_u8(nibbles16(b.add(2)), load_a(ab));
-            let scale = f16_at(b) * ab.d;
-            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(scale), acc);
-            corr += scale * (8 * ab.sum) as f32;
+            let scale = _mm256_mul_ps(f16_splat(b), _mm256_set1_ps(ab.d));
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), scale, acc);
+            corr += _mm256_cvtss_f32(scale) * (8 * ab.sum) as f32;
         }
         hsum(acc) - corr
     }
@@ -487,9 +521,9 @@ mod x86 {
             let hi = _mm256_and_si256(O::bits32(qh), _mm256_set1_epi8(0x10));
             let q = _mm256_or_si256(nibbles16(b.add(6)), hi);
             let s = O::dot_u8(q, load_a(ab));
-            let scale = f16_at(b) * ab.d;
-            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(scale), acc);
-            corr += scale * (16 * ab.sum) as f32;
+            let scale = _mm256_mul_ps(f16_splat(b), _mm256_set1_ps(ab.d));
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), scale, acc);
+            corr += _mm256_cvtss_f32(scale) * (16 * ab.sum) as f32;
         }
         hsum(acc) - corr
     }
@@ -502,10 +536,18 @@ mod x86 {
         let mut acc = _mm256_setzero_ps();
         for (i, ab) in a.iter().enumerate() {
             let b = w.add(bytes * i);
-            let (d, qs) = if bytes == 17 { (super::e8m0_half(*b), b.add(1)) } else { (f16_at(b), b.add(2)) };
+            let (d, qs) = if bytes == 17 {
+                (_mm256_set1_ps(super::e8m0_half(*b)), b.add(1))
+            } else {
+                (f16_splat(b), b.add(2))
+            };
             let v = _mm256_shuffle_epi8(t, nibbles16(qs));
             let s = O::dot_s8(v, load_a(ab));
-            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(d * ab.d), acc);
+            acc = _mm256_fmadd_ps(
+                _mm256_cvtepi32_ps(s),
+                _mm256_mul_ps(d, _mm256_set1_ps(ab.d)),
+                acc,
+            );
         }
         hsum(acc)
     }
@@ -519,28 +561,42 @@ mod x86 {
         let one = _mm256_set1_epi8(1);
         for (sb, ab) in a.chunks_exact(8).enumerate() {
             let b = w.add(bytes * sb);
-            let d = f16_at(b);
+            let dv = f16_splat(b);
             let dmin = f16_at(b.add(2));
             let (sc, mn) = scale_min_k4(std::slice::from_raw_parts(b.add(4), 12));
             let qs = if FIVE { b.add(48) } else { b.add(16) };
-            let qh = if FIVE { _mm256_loadu_si256(b.add(16) as *const __m256i) } else { _mm256_setzero_si256() };
+            let qh = if FIVE {
+                _mm256_loadu_si256(b.add(16) as *const __m256i)
+            } else {
+                _mm256_setzero_si256()
+            };
             for c in 0..4 {
                 let q = _mm256_loadu_si256(qs.add(32 * c) as *const __m256i);
                 let mut lo = _mm256_and_si256(q, mask4());
                 let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), mask4());
                 if FIVE {
                     // Bit 2c (low half) and 2c + 1 (high half) of each qh byte, moved to bit 4.
-                    let h0 = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * c as i32)), one);
-                    let h1 = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * c as i32 + 1)), one);
+                    let h0 = _mm256_and_si256(
+                        _mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * c as i32)),
+                        one,
+                    );
+                    let h1 = _mm256_and_si256(
+                        _mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * c as i32 + 1)),
+                        one,
+                    );
                     lo = _mm256_or_si256(lo, _mm256_slli_epi16::<4>(h0));
                     hi = _mm256_or_si256(hi, _mm256_slli_epi16::<4>(h1));
                 }
                 let (a0, a1) = (&ab[2 * c], &ab[2 * c + 1]);
                 let s0 = O::dot_u8(lo, load_a(a0));
                 let s1 = O::dot_u8(hi, load_a(a1));
-                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s0), _mm256_set1_ps(d * sc[2 * c] as f32 * a0.d), acc);
-                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s1), _mm256_set1_ps(d * sc[2 * c + 1] as f32 * a1.d), acc);
-                corr += dmin * (mn[2 * c] as f32 * a0.d * a0.sum as f32 + mn[2 * c + 1] as f32 * a1.d * a1.sum as f32);
+                let k0 = _mm256_mul_ps(dv, _mm256_set1_ps(sc[2 * c] as f32 * a0.d));
+                let k1 = _mm256_mul_ps(dv, _mm256_set1_ps(sc[2 * c + 1] as f32 * a1.d));
+                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s0), k0, acc);
+                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s1), k1, acc);
+                corr += dmin
+                    * (mn[2 * c] as f32 * a0.d * a0.sum as f32
+                        + mn[2 * c + 1] as f32 * a1.d * a1.sum as f32);
             }
         }
         hsum(acc) - corr
@@ -553,7 +609,8 @@ mod x86 {
         let three = _mm256_set1_epi8(3);
         for (sb, ab) in a.chunks_exact(8).enumerate() {
             let b = w.add(210 * sb);
-            let d = f16_at(b.add(208));
+            let dv = f16_splat(b.add(208));
+            let d = _mm256_cvtss_f32(dv);
             let sc = b.add(192) as *const i8;
             for n in 0..2 {
                 let ql0 = _mm256_loadu_si256(b.add(64 * n) as *const __m256i);
@@ -561,9 +618,16 @@ mod x86 {
                 let qh = _mm256_loadu_si256(b.add(128 + 32 * n) as *const __m256i);
                 for j in 0..4 {
                     let src = if j % 2 == 0 { ql0 } else { ql1 };
-                    let lo = if j < 2 { src } else { _mm256_srli_epi16::<4>(src) };
+                    let lo = if j < 2 {
+                        src
+                    } else {
+                        _mm256_srli_epi16::<4>(src)
+                    };
                     let lo = _mm256_and_si256(lo, mask4());
-                    let hi = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * j as i32)), three);
+                    let hi = _mm256_and_si256(
+                        _mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * j as i32)),
+                        three,
+                    );
                     let q = _mm256_or_si256(lo, _mm256_slli_epi16::<4>(hi));
                     let blk = &ab[4 * n + j];
                     let s = O::dot_u8(q, load_a(blk));
@@ -571,9 +635,11 @@ mod x86 {
                     let s0 = *sc.add(8 * n + 2 * j) as f32;
                     let s1 = *sc.add(8 * n + 2 * j + 1) as f32;
                     // Lanes 0..4 hold values 0..16 (first scale), lanes 4..8 values 16..32.
-                    let scale = _mm256_set_m128(_mm_set1_ps(base * s1), _mm_set1_ps(base * s0));
+                    let k = _mm256_set_m128(_mm_set1_ps(blk.d * s1), _mm_set1_ps(blk.d * s0));
+                    let scale = _mm256_mul_ps(dv, k);
                     acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), scale, acc);
-                    corr += base * 32.0 * (s0 * blk.half_sums[0] as f32 + s1 * blk.half_sums[1] as f32);
+                    corr +=
+                        base * 32.0 * (s0 * blk.half_sums[0] as f32 + s1 * blk.half_sums[1] as f32);
                 }
             }
         }
@@ -586,7 +652,15 @@ pub fn row_dot(t: GgmlType, w: &[u8], a: &[Q8Block]) -> Option<f32> {
     if !is_supported(t) || !check_row(t, w, a) {
         return None;
     }
-    let job = RowsJob { dtype: t, data: w, row_bytes: w.len(), rows: 1, act: a, tokens: 1, nb: a.len() };
+    let job = RowsJob {
+        dtype: t,
+        data: w,
+        row_bytes: w.len(),
+        rows: 1,
+        act: a,
+        tokens: 1,
+        nb: a.len(),
+    };
     let mut out = 0f32;
     // SAFETY: one row, one token, shapes checked above, `out` is a valid f32.
     unsafe { dot_rows(Isa::detect(), &job, 0, 1, &mut out) };
@@ -604,7 +678,15 @@ pub fn row_dot_with(isa: Isa, t: GgmlType, w: &[u8], a: &[Q8Block]) -> Option<f3
     if !ok || !is_supported(t) || !check_row(t, w, a) {
         return None;
     }
-    let job = RowsJob { dtype: t, data: w, row_bytes: w.len(), rows: 1, act: a, tokens: 1, nb: a.len() };
+    let job = RowsJob {
+        dtype: t,
+        data: w,
+        row_bytes: w.len(),
+        rows: 1,
+        act: a,
+        tokens: 1,
+        nb: a.len(),
+    };
     let mut out = 0f32;
     // SAFETY: the CPU supports `isa`; one row, one token, shapes checked above.
     unsafe { dot_rows(isa, &job, 0, 1, &mut out) };

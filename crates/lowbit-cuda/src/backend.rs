@@ -90,6 +90,7 @@ impl DeviceMatrix {
 }
 
 const GEMV_WARPS: u32 = 4; // matches kernels/gemv.cu
+const INT4_WARPS: u32 = 8; // matches kernels/gemv.cu
 pub const MAX_BATCH: usize = 8;
 
 /// One CUDA device with its stream and compiled kernels.
@@ -131,10 +132,11 @@ impl CudaBackend {
         // One stream, in order: cudarc's per-buffer event tracking only costs launch time here.
         // SAFETY: no buffer is shared between streams in this backend.
         unsafe { ctx.disable_event_tracking() };
+        // A stream of our own, not the legacy default stream: CUDA graphs cannot capture that.
+        let stream = drv("create stream", ctx.new_stream())?;
         let (major, minor) = drv("compute capability", ctx.compute_capability())?;
         let arch = format!("sm_{major}{minor}");
         let name = drv("device name", ctx.name())?;
-        let stream = ctx.default_stream();
         let ptx = compile_ptx(&arch)?;
         let mut funcs = HashMap::new();
         for (module_name, p) in ptx.iter() {
@@ -358,16 +360,16 @@ impl CudaBackend {
         check_len("gemv x", x.len(), batch * w.cols)?;
         check_len("gemv y", y.len(), batch * w.rows)?;
         let f = self.func(&format!("{}_b{batch}", w.format.kernel_prefix()))?;
-        // INT4 warps compute 4 rows each (kernels/gemv.cu INT4_ROWS), the others one.
-        let rows_per_block = GEMV_WARPS
-            * if w.format == WeightFormat::Int4G128 {
-                4
-            } else {
-                1
-            };
+        // INT4: a block of INT4_WARPS warps per 16-row tensor-core tile (kernels/gemv.cu);
+        // the others: one warp per row.
+        let (rows_per_block, threads) = if w.format == WeightFormat::Int4G128 {
+            (16, INT4_WARPS * 32)
+        } else {
+            (GEMV_WARPS, GEMV_WARPS * 32)
+        };
         let cfg = LaunchConfig {
             grid_dim: ((w.rows as u32).div_ceil(rows_per_block), 1, 1),
-            block_dim: (GEMV_WARPS * 32, 1, 1),
+            block_dim: (threads, 1, 1),
             shared_mem_bytes: 0,
         };
         let (n, k) = (w.rows as i32, w.cols as i32);

@@ -51,8 +51,15 @@ fn gemv_all_formats_and_batches_match_cpu() {
                 let y = be.download(&yd).unwrap();
                 let want = r::gemv(&vals, rows, cols, &x, batch);
                 let err = r::rel_l2(&y, &want);
+                // INT4 runs on the tensor cores with activations rounded to f16 (relative
+                // 2^-11 each); the other kernels are f32 throughout.
+                let tol = if format == WeightFormat::Int4G128 {
+                    1e-3
+                } else {
+                    1e-5
+                };
                 assert!(
-                    err < 1e-5,
+                    err < tol,
                     "{format:?} {rows}x{cols} batch {batch}: rel L2 {err:e}"
                 );
             }

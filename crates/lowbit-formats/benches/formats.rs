@@ -49,11 +49,15 @@ fn levels() -> Vec<Level> {
         .collect()
 }
 
-
 fn bench_ggml(c: &mut Criterion) {
     let x = weights(COLS * ROWS);
     let bytes = (x.len() * 4) as u64;
-    for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::MXFP4, GgmlType::Q4_K] {
+    for ty in [
+        GgmlType::Q8_0,
+        GgmlType::Q4_0,
+        GgmlType::MXFP4,
+        GgmlType::Q4_K,
+    ] {
         let mut packed = vec![0u8; ty.byte_len(x.len()).unwrap()];
         let mut g = c.benchmark_group(format!("quantize/{}", ty.name()));
         g.throughput(Throughput::Bytes(bytes));
@@ -131,7 +135,9 @@ fn bench_fp8(c: &mut Criterion) {
     g.throughput(Throughput::Bytes(bytes));
     for level in levels() {
         g.bench_function(BenchmarkId::from_parameter(level), |b| {
-            simd::with_level(level, || b.iter(|| fmt.decode_slice(black_box(&codes), &mut y)))
+            simd::with_level(level, || {
+                b.iter(|| fmt.decode_slice(black_box(&codes), &mut y))
+            })
         });
     }
     g.finish();

@@ -10,7 +10,7 @@
 //!   order and no fused multiply-adds. gguf-py cannot quantize these, so no bit-exact oracle was
 //!   available; they are tested by round-trip properties.
 
-mod kquants;
+pub(crate) mod kquants;
 pub(crate) mod legacy;
 
 use crate::simd::dispatch;
@@ -135,7 +135,7 @@ fn encode(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<(), FormatError> 
         TQ2_0 => legacy::tq2_0(src, dst),
         Q2_K => kquants::q2_k(src, dst),
         Q3_K => kquants::q3_k(src, dst),
-        Q4_K => kquants::q4_k(src, dst),
+        Q4_K => dispatch!(q4_k(src, dst), scalar: kquants::q4_k(src, dst)),
         Q5_K => kquants::q5_k(src, dst),
         Q6_K => kquants::q6_k(src, dst),
         other => return Err(FormatError::Unsupported(other)),
@@ -160,6 +160,6 @@ pub(crate) fn put_f16(dst: &mut [u8], v: f32) {
 
 /// The f16 value an f32 becomes when stored (what the decoder will see).
 #[inline(always)]
-fn f16_round(v: f32) -> f32 {
+pub(crate) fn f16_round(v: f32) -> f32 {
     half::f16::from_f32(v).to_f32()
 }

@@ -77,10 +77,10 @@ fn check_ggml(ty: GgmlType, x: &[f32]) {
         if let Some(i) = got.iter().zip(&want).position(|(a, b)| a != b) {
             let block = i / ty.type_size();
             panic!(
-                "{ty} at {level}: byte {i} differs ({} vs scalar {}); block input {:?}",
+                "{ty} at {level}: byte {i} differs ({} vs scalar {}); block starts {:?}",
                 got[i],
                 want[i],
-                &x[block * ty.block_size()..(block + 1) * ty.block_size()]
+                &x[block * ty.block_size()..][..8]
             );
         }
     }
@@ -88,8 +88,19 @@ fn check_ggml(ty: GgmlType, x: &[f32]) {
 
 #[test]
 fn ggml_encoders_edge_blocks() {
-    for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::MXFP4, GgmlType::Q4_K] {
-        for x in block_inputs(0x1234_5678, 1024) {
+    for ty in [
+        GgmlType::Q8_0,
+        GgmlType::Q4_0,
+        GgmlType::MXFP4,
+        GgmlType::Q4_K,
+    ] {
+        for mut x in block_inputs(0x1234_5678, 1024) {
+            if ty == GgmlType::Q4_K {
+                // Q4_K's search feeds NaN through arithmetic into llama.cpp's float-bits
+                // `nearest_int`, so its codes depend on NaN payloads, which Rust (like C) leaves
+                // unspecified; blocks holding NaN are not reproducible by any implementation.
+                x.iter_mut().filter(|v| v.is_nan()).for_each(|v| *v = 0.5);
+            }
             check_ggml(ty, &x);
         }
     }
@@ -103,7 +114,11 @@ fn check_fake(name: &str, x: &[f32], cols: usize) {
         let mut got = x.to_vec();
         let r2 = simd::with_level(level, || spec.fake_quantize_matrix(&mut got, cols));
         assert_eq!(r.is_ok(), r2.is_ok(), "{name} at {level}: error mismatch");
-        if let Some(i) = bits(&got).iter().zip(bits(&want)).position(|(a, b)| *a != b) {
+        if let Some(i) = bits(&got)
+            .iter()
+            .zip(bits(&want))
+            .position(|(a, b)| *a != b)
+        {
             panic!(
                 "{name} at {level}: value {i} is {} (scalar {}), input {}",
                 got[i], want[i], x[i]
@@ -135,7 +150,10 @@ const FAKE_SPECS: [&str; 16] = [
 fn fake_quantize_edge_inputs() {
     for x in block_inputs(0xDEAD_BEEF, 512) {
         // Non-finite inputs are rejected by every level alike; keep the finite ones.
-        let x: Vec<f32> = x.into_iter().map(|v| if v.is_finite() { v } else { 1.0 }).collect();
+        let x: Vec<f32> = x
+            .into_iter()
+            .map(|v| if v.is_finite() { v } else { 1.0 })
+            .collect();
         for name in FAKE_SPECS {
             check_fake(name, &x, 128);
         }
@@ -170,7 +188,9 @@ fn minifloat_encode_every_code_neighbourhood() {
         });
         for level in fast_levels() {
             let mut got = vec![0u8; x.len()];
-            simd::with_level(level, || m.encode_slice(&x, &mut got, Rounding::NearestEven));
+            simd::with_level(level, || {
+                m.encode_slice(&x, &mut got, Rounding::NearestEven)
+            });
             for i in 0..x.len() {
                 assert_eq!(got[i], want[i], "{} at {level}: encode({:e})", m.name, x[i]);
             }

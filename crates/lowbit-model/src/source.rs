@@ -78,10 +78,18 @@ pub fn load_hf(dir: &Path) -> Result<LoadedModel> {
         }
     }
     let tok_path = dir.join("tokenizer.json");
-    if !tok_path.exists() {
-        return Err(ModelError::unsupported(dir, "no tokenizer.json in the model directory"));
-    }
-    let tokenizer: Box<dyn Tokenizer> = Box::new(crate::tokenizer::hf::HfTokenizer::open(dir)?);
+    // lowbit extension (docs/FORMAT.md): models made from GGUF / llama2.c sources carry their
+    // tokenizer as a vocab-only GGUF.
+    let gguf_tok = dir.join("tokenizer.gguf");
+    let tokenizer: Box<dyn Tokenizer> = if tok_path.exists() {
+        Box::new(crate::tokenizer::hf::HfTokenizer::open(dir)?)
+    } else if gguf_tok.exists() {
+        let bytes = std::fs::read(&gguf_tok).map_err(|e| ModelError::io(&gguf_tok, e))?;
+        let g = crate::gguf::GgufFile::parse(&gguf_tok, &bytes)?;
+        crate::tokenizer::gguf::tokenizer_from_gguf(&g)?
+    } else {
+        return Err(ModelError::unsupported(dir, "no tokenizer.json (or tokenizer.gguf) in the model directory"));
+    };
     Ok(LoadedModel { path: dir.to_path_buf(), source: "hf", config, weights, tokenizer })
 }
 

@@ -10,6 +10,7 @@ use anyhow::{bail, Context, Result};
 use lowbit_formats::spec::ScaleFormat;
 use lowbit_formats::GgmlType;
 use lowbit_model::config::Arch;
+use lowbit_model::gguf::GgufValue;
 use lowbit_model::ModelConfig;
 use serde_json::{json, Value};
 
@@ -154,6 +155,15 @@ pub fn quantization_config(
     q: &crate::quantizer::Quantizer,
     act_order: bool,
 ) -> Value {
+    quantization_config_for(&qm.ignored, q, act_order)
+}
+
+/// The `quantization_config` object for these kept-in-full-precision modules.
+pub fn quantization_config_for(
+    ignored: &[String],
+    q: &crate::quantizer::Quantizer,
+    act_order: bool,
+) -> Value {
     let (num_bits, ty, symmetric, format) = match q.kind {
         ElemKind::Int { bits, asym } => (bits, "int", !asym, "pack-quantized"),
         ElemKind::Fp8E4M3 => (8, "float", true, "float-quantized"),
@@ -186,18 +196,18 @@ pub fn quantization_config(
                 "format": format,
             }
         },
-        "ignore": qm.ignored,
+        "ignore": ignored,
         "kv_cache_scheme": null,
     })
 }
 
-/// An HF config.json for sources that have none (GGUF). Only rope layouts HF shares (NeoX) can be
-/// expressed without permuting q/k, so interleaved-rope sources are refused.
+/// An HF config.json for sources that have none (GGUF, llama2.c). HF uses NeoX rope: interleaved
+/// sources must go through [`crate::hf_source::undo_interleaved_rope`] first.
 pub fn synthesize_hf_config(c: &ModelConfig) -> Result<Value> {
     if c.rope_style != lowbit_cpu::ops::RopeStyle::Neox {
         bail!(
             "{} from a GGUF/llama2.c source stores q/k for interleaved rope; writing it as an HF checkpoint \
-             needs the q/k permutation, which lowbit quantize does not do yet (use the HF checkpoint as input)",
+             needs its q/k rows in NeoX order first (lowbit_quant::hf_source::undo_interleaved_rope)",
             c.arch.name()
         );
     }
@@ -250,6 +260,15 @@ pub fn synthesize_hf_config(c: &ModelConfig) -> Result<Value> {
                 })
                 .collect::<Vec<_>>());
         }
+        Arch::Llama => {
+            v["model_type"] = json!("llama");
+            v["architectures"] = json!(["LlamaForCausalLM"]);
+            v["hidden_act"] = json!("silu");
+            v["mlp_bias"] = json!(false);
+            if c.layer_window.iter().any(|w| w.is_some()) {
+                bail!("sliding-window llama sources are not supported by lowbit quantize yet");
+            }
+        }
         Arch::Qwen2 | Arch::Qwen3 => {
             v["model_type"] = json!(c.arch.name());
             v["architectures"] = json!([if c.arch == Arch::Qwen2 {
@@ -294,6 +313,9 @@ pub struct Source<'a> {
     pub config_json: Option<Value>,
     /// Directory to copy tokenizer files from.
     pub dir: Option<PathBuf>,
+    /// Tokenizer metadata (`tokenizer.*` GGUF keys) to write as `tokenizer.gguf`, for sources
+    /// without tokenizer.json (GGUF, llama2.c).
+    pub tokenizer_gguf: Option<Vec<(String, GgufValue)>>,
 }
 
 pub struct WriteInfo {
@@ -304,128 +326,376 @@ pub struct WriteInfo {
     pub calib_len: usize,
 }
 
-/// Write the directory at `out` (refusing an existing one unless `force`).
-pub fn write_model(
-    out: &Path,
-    src: &Source<'_>,
-    qm: &QuantizedModel,
-    q: &crate::quantizer::Quantizer,
-    info: &WriteInfo,
-    force: bool,
-) -> Result<()> {
-    if out.exists() && !force {
-        bail!(
-            "{} already exists (use --force to replace it)",
-            out.display()
-        );
-    }
-    let mut cfg = match &src.config_json {
-        Some(v) => v.clone(),
-        None => synthesize_hf_config(src.config)?,
-    };
-    // GGUF sources hold norm weights with the offset folded in; HF layout stores them without.
-    let norm_shift = if src.config_json.is_none() {
-        hf_norm_offset(src.config.arch) - src.config.norm_weight_offset
-    } else {
-        0.0
-    };
-    let obj = cfg
-        .as_object_mut()
-        .context("source config.json is not a JSON object")?;
-    obj.insert(
-        "quantization_config".into(),
-        quantization_config(qm, q, info.act_order),
-    );
-    obj.insert(
-        "lowbit".into(),
-        json!({
-            "scheme": info.scheme,
-            "method": info.method.name(),
-            "act_order": info.act_order,
-            "calibration": {"sequences": info.calib_sequences, "tokens_per_sequence": info.calib_len},
-            "version": env!("CARGO_PKG_VERSION"),
-        }),
-    );
+/// Where one tensor goes in model.safetensors; known before any data is produced so the header
+/// can be written first and tensors streamed in as they are quantized.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorSpec {
+    pub name: String,
+    pub dtype: &'static str,
+    pub shape: Vec<usize>,
+    pub len: usize,
+}
 
-    let mut tensors = Vec::new();
-    for (name, t) in &qm.tensors {
-        match t {
-            OutTensor::Quantized(qt) => {
-                let module = name.strip_suffix(".weight").unwrap_or(name);
-                tensors.extend(
-                    quantized_tensors(module, qt).with_context(|| format!("tensor {name}"))?,
-                );
-            }
-            OutTensor::Plain { shape, values } => {
-                let shift = if shape.len() == 1 && name.contains("norm") {
-                    norm_shift
+fn scale_dtype(fmt: ScaleFormat) -> (&'static str, usize) {
+    match fmt {
+        ScaleFormat::F16 => ("F16", 2),
+        ScaleFormat::Bf16 => ("BF16", 2),
+        _ => ("F32", 4),
+    }
+}
+
+/// The tensors [`quantized_tensors`] writes for a `rows × cols` module.
+pub fn quantized_specs(
+    module: &str,
+    q: &crate::quantizer::Quantizer,
+    rows: usize,
+    cols: usize,
+) -> Result<Vec<TensorSpec>> {
+    let (_, groups) = q.groups(cols)?;
+    let per_row = matches!(q.layout, ScaleLayout::Group(_) | ScaleLayout::Channel);
+    let spec = |n: &str, dtype, shape: Vec<usize>, elem: usize| TensorSpec {
+        name: format!("{module}.{n}"),
+        dtype,
+        len: shape.iter().product::<usize>() * elem,
+        shape,
+    };
+    let mut out = Vec::new();
+    match q.kind {
+        ElemKind::Int { bits, asym } => {
+            let words = lowbit_formats::pack::packed_words(cols, bits);
+            out.push(spec("weight_packed", "I32", vec![rows, words], 4));
+            out.push(spec("weight_shape", "I64", vec![2], 8));
+            if asym {
+                if per_row {
+                    let zwords = lowbit_formats::pack::packed_words(rows, bits);
+                    out.push(spec("weight_zero_point", "I32", vec![zwords, groups], 4));
                 } else {
-                    0.0
-                };
-                let data = values
-                    .iter()
-                    .flat_map(|v| (v - shift).to_le_bytes())
-                    .collect();
-                tensors.push(StTensor {
-                    name: name.clone(),
-                    dtype: "F32",
-                    shape: shape.clone(),
-                    data,
-                });
-            }
-            OutTensor::Raw {
-                dtype,
-                shape,
-                bytes,
-            } => {
-                if shape.len() == 1 && name.contains("norm") && norm_shift != 0.0 {
-                    let mut vals = vec![0f32; shape[0]];
-                    lowbit_formats::dequantize(*dtype, bytes, &mut vals)
-                        .map_err(|e| anyhow::anyhow!("tensor {name}: {e}"))?;
-                    let data = vals
-                        .iter()
-                        .flat_map(|v| (v - norm_shift).to_le_bytes())
-                        .collect();
-                    tensors.push(StTensor {
-                        name: name.clone(),
-                        dtype: "F32",
-                        shape: shape.clone(),
-                        data,
-                    });
-                } else {
-                    tensors.push(StTensor {
-                        name: name.clone(),
-                        dtype: dtype_name(*dtype),
-                        shape: shape.clone(),
-                        data: bytes.clone(),
-                    });
+                    out.push(spec("weight_zero_point", "I8", vec![1], 1));
                 }
             }
         }
+        ElemKind::Fp8E4M3 => out.push(spec("weight", "F8_E4M3", vec![rows, cols], 1)),
     }
+    let (sd, size) = scale_dtype(q.scale_format);
+    let scale_shape = if per_row { vec![rows, groups] } else { vec![1] };
+    out.push(spec("weight_scale", sd, scale_shape, size));
+    Ok(out)
+}
 
-    let parent = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
+/// How a kept (not quantized) tensor is written: float types as stored, except norm weights that
+/// need an offset removed (and everything else) as F32.
+fn kept_spec(name: &str, dtype: GgmlType, shape: &[usize], norm_shift: f32) -> TensorSpec {
+    let float = matches!(dtype, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16);
+    let shifted = is_norm(name, shape) && norm_shift != 0.0;
+    let dtype = if float && !shifted {
+        dtype_name(dtype)
+    } else {
+        "F32"
     };
-    let base = out
-        .file_name()
-        .context("output path has no directory name")?
-        .to_string_lossy()
-        .into_owned();
-    let tmp = parent.join(format!(".{base}.tmp-{}", std::process::id()));
-    let result = (|| -> Result<()> {
+    let elem = match dtype {
+        "F32" => 4,
+        _ => 2,
+    };
+    TensorSpec {
+        name: name.to_string(),
+        dtype,
+        shape: shape.to_vec(),
+        len: shape.iter().product::<usize>() * elem,
+    }
+}
+
+fn is_norm(name: &str, shape: &[usize]) -> bool {
+    shape.len() == 1 && name.contains("norm")
+}
+
+/// The output tensors of one pipeline tensor, and their specs.
+fn out_specs(name: &str, t: &OutTensor, norm_shift: f32) -> Result<Vec<TensorSpec>> {
+    Ok(match t {
+        OutTensor::Quantized(qt) => {
+            quantized_specs(module_name(name), &qt.quantizer, qt.rows, qt.cols)?
+        }
+        OutTensor::Plain { shape, .. } => vec![kept_spec(name, GgmlType::F32, shape, norm_shift)],
+        OutTensor::Raw { dtype, shape, .. } => vec![kept_spec(name, *dtype, shape, norm_shift)],
+    })
+}
+
+fn module_name(name: &str) -> &str {
+    name.strip_suffix(".weight").unwrap_or(name)
+}
+
+/// Encode one pipeline tensor as safetensors tensors.
+fn encode(name: &str, t: &OutTensor, norm_shift: f32) -> Result<Vec<StTensor>> {
+    Ok(match t {
+        OutTensor::Quantized(qt) => {
+            quantized_tensors(module_name(name), qt).with_context(|| format!("tensor {name}"))?
+        }
+        OutTensor::Plain { shape, values } => {
+            let shift = if is_norm(name, shape) {
+                norm_shift
+            } else {
+                0.0
+            };
+            vec![StTensor {
+                name: name.to_string(),
+                dtype: "F32",
+                shape: shape.clone(),
+                data: values
+                    .iter()
+                    .flat_map(|v| (v - shift).to_le_bytes())
+                    .collect(),
+            }]
+        }
+        OutTensor::Raw {
+            dtype,
+            shape,
+            bytes,
+        } => {
+            if is_norm(name, shape) && norm_shift != 0.0 {
+                let mut vals = vec![0f32; shape[0]];
+                lowbit_formats::dequantize(*dtype, bytes, &mut vals)
+                    .map_err(|e| anyhow::anyhow!("tensor {name}: {e}"))?;
+                vec![StTensor {
+                    name: name.to_string(),
+                    dtype: "F32",
+                    shape: shape.clone(),
+                    data: vals
+                        .iter()
+                        .flat_map(|v| (v - norm_shift).to_le_bytes())
+                        .collect(),
+                }]
+            } else {
+                vec![StTensor {
+                    name: name.to_string(),
+                    dtype: dtype_name(*dtype),
+                    shape: shape.clone(),
+                    data: bytes.clone(),
+                }]
+            }
+        }
+    })
+}
+
+/// The norm-weight shift between the source's convention and HF's for this architecture.
+fn norm_shift(src: &Source<'_>) -> f32 {
+    // GGUF sources hold norm weights with the offset folded in; HF layout stores them without.
+    if src.config_json.is_none() {
+        hf_norm_offset(src.config.arch) - src.config.norm_weight_offset
+    } else {
+        0.0
+    }
+}
+
+/// The output specs of every tensor of `weights` under a quantization plan: `targets` are
+/// quantized with `q`, everything else is kept.
+pub fn plan_specs(
+    src: &Source<'_>,
+    weights: &lowbit_model::WeightStore,
+    targets: &std::collections::BTreeSet<String>,
+    q: &crate::quantizer::Quantizer,
+) -> Result<Vec<TensorSpec>> {
+    let shift = norm_shift(src);
+    let mut out = Vec::new();
+    for n in weights.names() {
+        let e = weights.entry(n).expect("listed");
+        if targets.contains(n) {
+            if e.shape.len() != 2 {
+                bail!(
+                    "tensor {n}: only 2-D weights can be quantized, shape is {:?}",
+                    e.shape
+                );
+            }
+            out.extend(quantized_specs(module_name(n), q, e.shape[0], e.shape[1])?);
+        } else {
+            out.push(kept_spec(n, e.dtype, &e.shape, shift));
+        }
+    }
+    Ok(out)
+}
+
+/// A model directory being written: a temporary directory next to `out` holding a
+/// model.safetensors whose header is written up front (from [`TensorSpec`]s) and whose tensors
+/// are written at their offsets as they are produced. [`ModelWriter::finish`] adds config.json
+/// and the tokenizer and renames it into place; dropping it unfinished removes it.
+pub struct ModelWriter {
+    out: PathBuf,
+    parent: PathBuf,
+    base: String,
+    tmp: PathBuf,
+    st_path: PathBuf,
+    file: Option<std::fs::File>,
+    /// Tensor name → (spec, absolute file offset, written yet).
+    slots: std::collections::HashMap<String, (TensorSpec, u64, bool)>,
+    norm_shift: f32,
+    cfg: Value,
+    tokenizer_dir: Option<PathBuf>,
+    tokenizer_gguf: Option<Vec<(String, GgufValue)>>,
+    finished: bool,
+}
+
+impl ModelWriter {
+    /// Start writing `out` (refused if it exists unless `force`) with these tensors.
+    pub fn create(
+        out: &Path,
+        src: &Source<'_>,
+        specs: Vec<TensorSpec>,
+        force: bool,
+    ) -> Result<ModelWriter> {
+        if out.exists() && !force {
+            bail!(
+                "{} already exists (use --force to replace it)",
+                out.display()
+            );
+        }
+        let cfg = match &src.config_json {
+            Some(v) => v.clone(),
+            None => synthesize_hf_config(src.config)?,
+        };
+        if !cfg.is_object() {
+            bail!("source config.json is not a JSON object");
+        }
+        let parent = match out.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let base = out
+            .file_name()
+            .context("output path has no directory name")?
+            .to_string_lossy()
+            .into_owned();
+        let tmp = parent.join(format!(".{base}.tmp-{}", std::process::id()));
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp)
                 .with_context(|| format!("cannot clear {}", tmp.display()))?;
         }
         std::fs::create_dir_all(&tmp)
             .with_context(|| format!("cannot create {}", tmp.display()))?;
-        write_safetensors(&tmp.join("model.safetensors"), &tensors)?;
+        let mut w = ModelWriter {
+            out: out.to_path_buf(),
+            parent,
+            base,
+            st_path: tmp.join("model.safetensors"),
+            tmp,
+            file: None,
+            slots: Default::default(),
+            norm_shift: norm_shift(src),
+            cfg,
+            tokenizer_dir: src.dir.clone(),
+            tokenizer_gguf: src.tokenizer_gguf.clone(),
+            finished: false,
+        };
+        w.start_safetensors(specs)?;
+        Ok(w)
+    }
+
+    fn start_safetensors(&mut self, specs: Vec<TensorSpec>) -> Result<()> {
+        let mut header = serde_json::Map::new();
+        let mut offset = 0usize;
+        for t in &specs {
+            if header.contains_key(&t.name) {
+                bail!("tensor {} would be written twice", t.name);
+            }
+            header.insert(
+                t.name.clone(),
+                json!({"dtype": t.dtype, "shape": t.shape, "data_offsets": [offset, offset + t.len]}),
+            );
+            offset += t.len;
+        }
+        header.insert("__metadata__".into(), json!({"format": "pt"}));
+        let mut h = serde_json::to_vec(&Value::Object(header))?;
+        // The data section starts 8-byte aligned (spaces are valid JSON padding).
+        while (8 + h.len()) % 8 != 0 {
+            h.push(b' ');
+        }
+        let path = &self.st_path;
+        let io = |e: std::io::Error| anyhow::anyhow!("cannot write {}: {e}", path.display());
+        let mut file = std::fs::File::create(path).map_err(io)?;
+        file.write_all(&(h.len() as u64).to_le_bytes())
+            .map_err(io)?;
+        file.write_all(&h).map_err(io)?;
+        let data_start = 8 + h.len() as u64;
+        // Reserve the whole file now, so a full disk shows up before any quantization work.
+        file.set_len(data_start + offset as u64).map_err(io)?;
+        let mut off = data_start;
+        for t in specs {
+            let len = t.len as u64;
+            self.slots.insert(t.name.clone(), (t, off, false));
+            off += len;
+        }
+        self.file = Some(file);
+        Ok(())
+    }
+
+    /// Write one pipeline tensor (all its safetensors tensors) at its place in the file.
+    pub fn add(&mut self, name: &str, t: &OutTensor) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        let file = self.file.as_ref().context("writer already finished")?;
+        for st in encode(name, t, self.norm_shift)? {
+            let (spec, off, written) = self
+                .slots
+                .get_mut(&st.name)
+                .with_context(|| format!("tensor {} is not in the planned output", st.name))?;
+            if *written {
+                bail!("tensor {} written twice", st.name);
+            }
+            if spec.dtype != st.dtype || spec.shape != st.shape || spec.len != st.data.len() {
+                bail!(
+                    "tensor {}: produced {} {:?} ({} bytes), planned {} {:?} ({} bytes)",
+                    st.name,
+                    st.dtype,
+                    st.shape,
+                    st.data.len(),
+                    spec.dtype,
+                    spec.shape,
+                    spec.len
+                );
+            }
+            file.write_all_at(&st.data, *off)
+                .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", self.st_path.display()))?;
+            *written = true;
+        }
+        Ok(())
+    }
+
+    /// Check every tensor was written, add config.json and the tokenizer, and move the directory
+    /// into place (replacing an existing one only after the new one is complete).
+    pub fn finish(
+        mut self,
+        ignored: &[String],
+        q: &crate::quantizer::Quantizer,
+        info: &WriteInfo,
+    ) -> Result<()> {
+        if let Some(missing) = self
+            .slots
+            .iter()
+            .find(|(_, s)| !s.2)
+            .map(|(n, _)| n.clone())
+        {
+            bail!("tensor {missing} was planned but never produced");
+        }
+        let file = self.file.take().context("writer already finished")?;
+        file.sync_all()
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", self.st_path.display()))?;
+        drop(file);
+        let obj = self.cfg.as_object_mut().expect("checked in create");
+        obj.insert(
+            "quantization_config".into(),
+            quantization_config_for(ignored, q, info.act_order),
+        );
+        obj.insert(
+            "lowbit".into(),
+            json!({
+                "scheme": info.scheme,
+                "method": info.method.name(),
+                "act_order": info.act_order,
+                "calibration": {"sequences": info.calib_sequences, "tokens_per_sequence": info.calib_len},
+                "version": env!("CARGO_PKG_VERSION"),
+            }),
+        );
+        let tmp = self.tmp.clone();
         let cfg_path = tmp.join("config.json");
-        std::fs::write(&cfg_path, serde_json::to_string_pretty(&cfg)? + "\n")
+        std::fs::write(&cfg_path, serde_json::to_string_pretty(&self.cfg)? + "\n")
             .with_context(|| format!("cannot write {}", cfg_path.display()))?;
-        if let Some(dir) = &src.dir {
+        if let Some(dir) = &self.tokenizer_dir {
             for f in TOKENIZER_FILES {
                 let p = dir.join(f);
                 if p.is_file() {
@@ -434,58 +704,71 @@ pub fn write_model(
                 }
             }
         }
+        if let Some(meta) = &self.tokenizer_gguf {
+            let mut m = vec![(
+                "general.architecture".to_string(),
+                GgufValue::String("lowbit-tokenizer".into()),
+            )];
+            m.extend(meta.iter().cloned());
+            lowbit_model::gguf_write::write_gguf(&tmp.join(TOKENIZER_GGUF), m, &[])
+                .map_err(|e| anyhow::anyhow!("cannot write the tokenizer: {e}"))?;
+        }
         // Replace: move the old directory aside, move the new one in, then delete the old.
-        let old = parent.join(format!(".{base}.old-{}", std::process::id()));
+        let out = self.out.clone();
+        let old = self
+            .parent
+            .join(format!(".{}.old-{}", self.base, std::process::id()));
         let had_old = out.exists();
         if had_old {
-            std::fs::rename(out, &old)
+            std::fs::rename(&out, &old)
                 .with_context(|| format!("cannot move the existing {} aside", out.display()))?;
         }
-        if let Err(e) = std::fs::rename(&tmp, out) {
+        if let Err(e) = std::fs::rename(&tmp, &out) {
             if had_old {
-                let _ = std::fs::rename(&old, out);
+                let _ = std::fs::rename(&old, &out);
             }
             return Err(e)
                 .with_context(|| format!("cannot rename {} to {}", tmp.display(), out.display()));
         }
+        self.finished = true;
         if had_old {
             std::fs::remove_dir_all(&old)
                 .with_context(|| format!("cannot remove the replaced {}", old.display()))?;
         }
         Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_dir_all(&tmp);
     }
-    result
 }
 
-fn write_safetensors(path: &Path, tensors: &[StTensor]) -> Result<()> {
-    let mut header = serde_json::Map::new();
-    let mut offset = 0usize;
-    for t in tensors {
-        header.insert(
-            t.name.clone(),
-            json!({"dtype": t.dtype, "shape": t.shape, "data_offsets": [offset, offset + t.data.len()]}),
-        );
-        offset += t.data.len();
+impl Drop for ModelWriter {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.file = None;
+            let _ = std::fs::remove_dir_all(&self.tmp);
+        }
     }
-    header.insert("__metadata__".into(), json!({"format": "pt"}));
-    let mut h = serde_json::to_vec(&Value::Object(header))?;
-    // The data section starts 8-byte aligned (spaces are valid JSON padding).
-    while (8 + h.len()) % 8 != 0 {
-        h.push(b' ');
+}
+
+/// Name of the vocab-only GGUF holding the tokenizer of GGUF / llama2.c sources (lowbit extension).
+pub const TOKENIZER_GGUF: &str = "tokenizer.gguf";
+
+/// Write the directory at `out` (refusing an existing one unless `force`) from an in-memory
+/// quantized model.
+pub fn write_model(
+    out: &Path,
+    src: &Source<'_>,
+    qm: &QuantizedModel,
+    q: &crate::quantizer::Quantizer,
+    info: &WriteInfo,
+    force: bool,
+) -> Result<()> {
+    let shift = norm_shift(src);
+    let mut specs = Vec::new();
+    for (name, t) in &qm.tensors {
+        specs.extend(out_specs(name, t, shift).with_context(|| format!("tensor {name}"))?);
     }
-    let file =
-        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
-    let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
-    let io = |e: std::io::Error| anyhow::anyhow!("cannot write {}: {e}", path.display());
-    w.write_all(&(h.len() as u64).to_le_bytes()).map_err(io)?;
-    w.write_all(&h).map_err(io)?;
-    for t in tensors {
-        w.write_all(&t.data).map_err(io)?;
+    let mut w = ModelWriter::create(out, src, specs, force)?;
+    for (name, t) in &qm.tensors {
+        w.add(name, t)?;
     }
-    let file = w.into_inner().map_err(|e| io(e.into_error()))?;
-    file.sync_all().map_err(io)?;
-    Ok(())
+    w.finish(&qm.ignored, q, info)
 }

@@ -9,8 +9,11 @@ pub mod quantizer;
 pub use gptq::{gptq, GptqOptions};
 pub use quantizer::{rtn, ElemKind, Params, QuantizedTensor, Quantizer, ScaleLayout};
 pub mod export;
+pub mod hf_source;
 pub mod pipeline;
 
-pub use export::{write_model, Source, WriteInfo};
-pub use pipeline::{quantize_model, Method, Options, OutTensor, QuantizedModel};
+pub use export::{write_model, ModelWriter, Source, WriteInfo};
+pub use pipeline::{
+    quantize_model, quantize_streaming, Method, Options, OutTensor, QuantizedModel,
+};
 pub use regex;

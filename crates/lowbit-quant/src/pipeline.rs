@@ -46,6 +46,8 @@ pub struct Options {
     /// Module names (tensor name without `.weight`) matching any of these stay in full precision.
     pub ignore: Vec<Regex>,
     pub gptq: GptqOptions,
+    /// Abort when resident memory (VmRSS) goes over this many bytes (`--max-memory`).
+    pub max_rss_bytes: Option<u64>,
 }
 
 /// One quantized linear layer in the summary.
@@ -167,7 +169,116 @@ fn f32_linear(name: &str, values: &[f32], rows: usize, cols: usize) -> Result<Li
 /// Progress events: (what is being done, step, total steps).
 pub type Progress<'a> = &'a mut dyn FnMut(&str, usize, usize);
 
-/// Quantize the linear layers of a model. `calib` holds token sequences (needed by GPTQ).
+/// Which linear weights get quantized and which are kept in full precision by `--ignore`.
+pub struct Plan {
+    /// Weights to quantize, in store order.
+    pub targets: Vec<String>,
+    /// Linear modules kept in full precision.
+    pub ignored: Vec<String>,
+}
+
+/// Decide what to quantize, checking every target's shape fits the quantizer.
+pub fn plan(weights: &WeightStore, opts: &Options) -> Result<Plan> {
+    let mut p = Plan {
+        targets: Vec::new(),
+        ignored: Vec::new(),
+    };
+    for n in weights.names() {
+        let e = weights.entry(n).expect("listed");
+        if !is_linear_weight(n, &e.shape) {
+            continue;
+        }
+        let module = module_of(n);
+        if opts.ignore.iter().any(|r| r.is_match(module)) {
+            p.ignored.push(module.to_string());
+        } else {
+            opts.quantizer
+                .groups(e.shape[1])
+                .with_context(|| format!("{}: tensor {n} {:?}", weights.path.display(), e.shape))?;
+            p.targets.push(n.to_string());
+        }
+    }
+    Ok(p)
+}
+
+/// Resident memory of this process now (VmRSS), in bytes.
+pub fn rss_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Give freed heap memory back to the OS. glibc keeps freed buffers of a finished layer in its heap
+/// (its mmap threshold grows with the buffers freed), so without this the resident set would
+/// count them and grow across layers.
+fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        extern "C" {
+            fn malloc_trim(pad: usize) -> i32;
+        }
+        // SAFETY: malloc_trim only returns free memory to the OS.
+        unsafe {
+            malloc_trim(0);
+        }
+    }
+}
+
+/// Abort when resident memory is over `--max-memory`.
+fn check_memory(opts: &Options, after: &str) -> Result<()> {
+    trim_heap();
+    if let (Some(limit), Some(rss)) = (opts.max_rss_bytes, rss_bytes()) {
+        if rss > limit {
+            bail!(
+                "memory limit exceeded: resident memory is {:.1} MiB after {after}, over the \
+                 --max-memory limit of {:.1} MiB",
+                rss as f64 / 1048576.0,
+                limit as f64 / 1048576.0
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Ask the kernel to drop the pages of a tensor we are done reading. Model files are memory-mapped
+/// read-only, so their pages count in the resident set until reclaimed; paging them out keeps
+/// resident memory at one layer. MADV_PAGEOUT only reclaims (it never changes contents), so it is
+/// harmless on heap memory too; failures (old kernels, odd page sizes) are ignored.
+fn release_pages(data: &[u8]) {
+    #[cfg(target_os = "linux")]
+    {
+        extern "C" {
+            fn madvise(addr: *mut std::ffi::c_void, len: usize, advice: i32) -> i32;
+        }
+        const MADV_PAGEOUT: i32 = 21;
+        const PAGE: usize = 4096;
+        if data.is_empty() {
+            return;
+        }
+        let start = data.as_ptr() as usize;
+        let aligned = start & !(PAGE - 1);
+        let len = start + data.len() - aligned;
+        // SAFETY: the range covers mapped memory of `data` (rounded down to its page start);
+        // MADV_PAGEOUT does not change what the memory holds.
+        unsafe {
+            madvise(aligned as *mut std::ffi::c_void, len, MADV_PAGEOUT);
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = data;
+}
+
+fn release_tensor(weights: &WeightStore, name: &str) {
+    if let Some(t) = weights.get(name) {
+        release_pages(t.data);
+    }
+}
+
+/// Where quantized and kept tensors go as they are produced (HF name → tensor).
+pub type Sink<'a> = &'a mut dyn FnMut(&str, OutTensor) -> Result<()>;
+
+/// Quantize the linear layers of a model into memory. `calib` holds token sequences (GPTQ).
 pub fn quantize_model(
     config: &ModelConfig,
     weights: &WeightStore,
@@ -175,27 +286,46 @@ pub fn quantize_model(
     calib: &[Vec<u32>],
     progress: Progress<'_>,
 ) -> Result<QuantizedModel> {
-    let names: Vec<String> = weights.names().map(|s| s.to_string()).collect();
-    let mut out = QuantizedModel {
-        tensors: BTreeMap::new(),
-        reports: Vec::new(),
-        ignored: Vec::new(),
-    };
-    let mut targets = Vec::new();
-    for n in &names {
-        let e = weights.entry(n).expect("listed");
-        if is_linear_weight(n, &e.shape) {
-            let module = module_of(n);
-            if opts.ignore.iter().any(|r| r.is_match(module)) {
-                out.ignored.push(module.to_string());
-            } else {
-                opts.quantizer.groups(e.shape[1]).with_context(|| {
-                    format!("{}: tensor {n} {:?}", weights.path.display(), e.shape)
-                })?;
-                targets.push(n.clone());
-                continue;
-            }
+    let mut tensors = BTreeMap::new();
+    let p = plan(weights, opts)?;
+    let reports = quantize_streaming(
+        config,
+        weights,
+        opts,
+        &p,
+        calib,
+        &mut |n, t| {
+            tensors.insert(n.to_string(), t);
+            Ok(())
+        },
+        progress,
+    )?;
+    Ok(QuantizedModel {
+        tensors,
+        reports,
+        ignored: p.ignored,
+    })
+}
+
+/// Quantize the linear layers of a model, handing every output tensor (quantized or kept) to
+/// `sink` as soon as it exists, so nothing accumulates: memory grows with one layer.
+pub fn quantize_streaming(
+    config: &ModelConfig,
+    weights: &WeightStore,
+    opts: &Options,
+    plan: &Plan,
+    calib: &[Vec<u32>],
+    sink: Sink<'_>,
+    progress: Progress<'_>,
+) -> Result<Vec<LayerReport>> {
+    let mut reports = Vec::new();
+    let targets = &plan.targets;
+    let is_target: std::collections::BTreeSet<&str> = targets.iter().map(|s| s.as_str()).collect();
+    for n in weights.names() {
+        if is_target.contains(n) {
+            continue;
         }
+        let e = weights.entry(n).expect("listed");
         // Everything else is kept: as stored when it is a plain float type, else as f32.
         let t = weights.require(n)?;
         let kept = if matches!(t.dtype, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) {
@@ -210,8 +340,13 @@ pub fn quantize_model(
                 values: weights.to_f32(n)?,
             }
         };
-        out.tensors.insert(n.clone(), kept);
+        sink(n, kept)?;
+        // Embeddings are read again by GPTQ calibration; everything else is done with.
+        if opts.method != Method::Gptq {
+            release_tensor(weights, n);
+        }
     }
+    check_memory(opts, "writing the unquantized tensors")?;
     match opts.method {
         Method::Rtn => {
             let total = targets.len();
@@ -224,7 +359,7 @@ pub fn quantize_model(
                 let q =
                     rtn(&opts.quantizer, &w, rows, cols).with_context(|| format!("tensor {n}"))?;
                 let d = q.dequantize();
-                out.reports.push(LayerReport {
+                reports.push(LayerReport {
                     module: module_of(n).to_string(),
                     rows,
                     cols,
@@ -234,22 +369,36 @@ pub fn quantize_model(
                     rtn_output_rel_err: None,
                     seconds: t0.elapsed().as_secs_f64(),
                 });
-                out.tensors.insert(n.clone(), OutTensor::Quantized(q));
+                drop((w, d));
+                sink(n, OutTensor::Quantized(q))?;
+                release_tensor(weights, n);
+                check_memory(opts, &format!("quantizing {n}"))?;
             }
             progress("done", total, total);
         }
-        Method::Gptq => gptq_layers(config, weights, opts, calib, &targets, &mut out, progress)?,
+        Method::Gptq => gptq_layers(
+            config,
+            weights,
+            opts,
+            calib,
+            targets,
+            &mut reports,
+            sink,
+            progress,
+        )?,
     }
-    Ok(out)
+    Ok(reports)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn gptq_layers(
     config: &ModelConfig,
     weights: &WeightStore,
     opts: &Options,
     calib: &[Vec<u32>],
     targets: &[String],
-    out: &mut QuantizedModel,
+    reports: &mut Vec<LayerReport>,
+    sink: Sink<'_>,
     progress: Progress<'_>,
 ) -> Result<()> {
     if calib.is_empty() || calib.iter().all(|s| s.is_empty()) {
@@ -257,6 +406,7 @@ fn gptq_layers(
     }
     let mut model = Transformer::load(config.clone(), weights)?;
     let nl = config.num_layers;
+    let mut done: std::collections::BTreeSet<String> = Default::default();
     // Targets outside the decoder layers (lm_head when not ignored) get RTN.
     let in_layer = |n: &str, i: usize| n.starts_with(&format!("model.layers.{i}."));
     let mut seqs: Vec<Vec<f32>> = calib
@@ -319,7 +469,7 @@ fn gptq_layers(
                     .with_context(|| format!("GPTQ of tensor {n}"))?;
                 let d = q.dequantize();
                 let r = rtn(&opts.quantizer, &w, rows, cols)?.dequantize();
-                out.reports.push(LayerReport {
+                reports.push(LayerReport {
                     module: module_of(&n).to_string(),
                     rows,
                     cols,
@@ -330,7 +480,8 @@ fn gptq_layers(
                     seconds: t0.elapsed().as_secs_f64(),
                 });
                 *model.layer_linear_mut(i, m)? = f32_linear(&n, &d, rows, cols)?;
-                out.tensors.insert(n, OutTensor::Quantized(q));
+                sink(&n, OutTensor::Quantized(q))?;
+                done.insert(n);
             }
         }
         drop(hs);
@@ -339,6 +490,17 @@ fn gptq_layers(
             let mut cache = model.layer_cache(calib_len(s, config));
             model.layer_forward_with_hooks(i, s, &mut cache, 0, &mut |_, _| {})?;
         }
+        // Layer i is never run again: free its dequantized weights and the source pages.
+        for m in LINEAR_MODULES {
+            if let Ok(l) = model.layer_linear_mut(i, m) {
+                *l = f32_linear(&format!("model.layers.{i}.{m}.weight"), &[], 0, 0)?;
+            }
+        }
+        let prefix = format!("model.layers.{i}.");
+        for n in weights.names().filter(|n| n.starts_with(&prefix)) {
+            release_tensor(weights, n);
+        }
+        check_memory(opts, &format!("layer {i}"))?;
     }
     for n in targets {
         if (0..nl).any(|i| in_layer(n, i)) {
@@ -348,7 +510,7 @@ fn gptq_layers(
         let (rows, cols) = (e.shape[0], e.shape[1]);
         let w = weights.to_f32(n)?;
         let q = rtn(&opts.quantizer, &w, rows, cols).with_context(|| format!("tensor {n}"))?;
-        out.reports.push(LayerReport {
+        reports.push(LayerReport {
             module: module_of(n).to_string(),
             rows,
             cols,
@@ -358,9 +520,10 @@ fn gptq_layers(
             rtn_output_rel_err: None,
             seconds: 0.0,
         });
-        out.tensors.insert(n.clone(), OutTensor::Quantized(q));
+        sink(n, OutTensor::Quantized(q))?;
+        done.insert(n.clone());
     }
-    if let Some(n) = targets.iter().find(|n| !out.tensors.contains_key(*n)) {
+    if let Some(n) = targets.iter().find(|n| !done.contains(*n)) {
         return Err(anyhow!(
             "tensor {n} was not quantized (not a dense decoder-layer linear)"
         ));

@@ -49,6 +49,7 @@ fn opts(spec: &str, method: Method) -> Options {
         method,
         ignore: default_ignore(),
         gptq: GptqOptions::default(),
+        max_rss_bytes: None,
     }
 }
 
@@ -60,6 +61,7 @@ fn write(out: &Path, spec: &str, method: Method, force: bool) -> anyhow::Result<
         config: &c,
         config_json: Some(cfg),
         dir: Some(golden()),
+        tokenizer_gguf: None,
     };
     let info = WriteInfo {
         scheme: spec.into(),

@@ -1,4 +1,5 @@
-// Fused dequantize + matrix-vector product for decode (batch 1..8), one warp per output row.
+// Fused dequantize + matrix-vector product for decode (batch 1..8); Q8_0, Q4_K and bf16 use one
+// warp per output row, INT4 a 16-row tensor-core tile per block.
 // y[b][n] = sum_k W[n][k] * x[b][k]; x is f32 [B][K], y is f32 [B][N]. Weights stay packed in
 // memory and are decoded in registers; each lane loads 16 bytes at a time, coalesced across
 // the warp, and the activation values are re-read through L1.
@@ -7,66 +8,138 @@
 
 // INT4 g128, symmetric: W is u32 [N][K/8], word w of a row holds elements 8w..8w+7 with element
 // 8w+j in bits 4j..4j+3 (lowbit-formats pack order), stored as q + 8; scales are f16 [N][K/128].
-// Requires K % 128 == 0. Each warp computes INT4_ROWS rows so that the activations a lane loads
-// (8x the bytes of its weights) are reused across rows instead of re-read through L1 per row.
-#define INT4_ROWS 4
+// Requires K % 128 == 0.
+//
+// Tensor cores do the multiply: one mma.m16n8k16 (f16 in, f32 accumulate) takes a 16-row x
+// 16-k tile of weights and a 16-k x 8 tile of activations (batch in the 8 columns, unused
+// columns zero), so batch 1..8 costs one weight read. A block owns 16 rows; its INT4_WARPS warps
+// split K by groups of 128 and add their partial sums in shared memory at the end.
+//
+// Lane (g = lane/4, t = lane%4) of a warp holds, per group, one 16-byte load of row g and one of
+// row g+8, both covering k = 32t..32t+31 of the group: the four lanes of a quad read the 64
+// contiguous bytes of a group-row. A dot product does not care how k is ordered, so each lane
+// feeds its own 32 k values into the mma's k slots {2t, 2t+1, 2t+8, 2t+9} (8 mma per group) and
+// builds the activation fragment for batch row g from the same k values. Codes become exact f16
+// values with the 0x6400 exponent trick (f16 1024 + c), so only the activations are rounded
+// (to f16, relative 2^-11); products and sums are f32.
+#define INT4_WARPS 8
+#define INT4_PREFETCH 4
+
+__device__ __forceinline__ u32 lop3_and_or(u32 a, u32 b, u32 c) {
+    u32 d;
+    asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(d) : "r"(a), "r"(b), "r"(c));  // (a & b) | c
+    return d;
+}
+__device__ __forceinline__ u32 hsub2(u32 a, u32 b) {
+    u32 d;
+    asm("sub.f16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));
+    return d;
+}
+__device__ __forceinline__ u32 hfma2(u32 a, u32 b, u32 c) {
+    u32 d;
+    asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+    return d;
+}
+// (lo, hi) rounded to f16 and packed, lo in the low half.
+__device__ __forceinline__ u32 pack_f16x2(float lo, float hi) {
+    u32 d;
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(d) : "f"(hi), "f"(lo));
+    return d;
+}
+// d += a * b for one m16n8k16 tile (fragment layouts as in the PTX ISA).
+__device__ __forceinline__ void mma_f16_f32(float (&d)[4], u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// Eight codes of one word (c_j in bits 4j..4j+3, value c_j - 8) as four exact f16 pairs:
+// h[0] = (c0, c4), h[1] = (c1, c5), h[2] = (c2, c6), h[3] = (c3, c7), low half first.
+__device__ __forceinline__ void int4x8_to_f16x2(u32 w, u32 (&h)[4]) {
+    const u32 base = 0x64006400u;   // f16 1024 in both halves: a nibble ORed in bits 0..3 adds c
+    const u32 sub = 0x64086408u;    // 1032 = 1024 + 8 (the code offset)
+    const u32 sixteenth = 0x2C002C00u;
+    const u32 neg72 = 0xD480D480u;  // (1024 + 16c) / 16 - 72 = c - 8
+    h[0] = hsub2(lop3_and_or(w, 0x000F000Fu, base), sub);
+    h[1] = hfma2(lop3_and_or(w, 0x00F000F0u, base), sixteenth, neg72);
+    w >>= 8;
+    h[2] = hsub2(lop3_and_or(w, 0x000F000Fu, base), sub);
+    h[3] = hfma2(lop3_and_or(w, 0x00F000F0u, base), sixteenth, neg72);
+}
+
 template <int B>
-__device__ __forceinline__ void gemv_int4_g128(const uint4* __restrict__ w, const u16* __restrict__ scales,
-                                               const float* __restrict__ x, float* __restrict__ y, int N, int K) {
-    int lane = threadIdx.x & 31;
-    int row0 = (blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5)) * INT4_ROWS;
-    if (row0 >= N) return;
-    int nvec = K >> 5;  // 16-byte vectors (32 values) per row
-    const uint4* wr[INT4_ROWS];
-    const u16* sr[INT4_ROWS];
+__device__ __forceinline__ void gemv_int4_g128_mma(const uint4* __restrict__ w, const u16* __restrict__ scales,
+                                                   const float* __restrict__ x, float* __restrict__ y, int N,
+                                                   int K) {
+    __shared__ float red[INT4_WARPS][16][8];
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    int g = lane >> 2, t = lane & 3;
+    int row0 = blockIdx.x * 16;
+    int ra = min(row0 + g, N - 1), rb = min(row0 + g + 8, N - 1);  // tail rows: loaded, not stored
+    int ngroups = K >> 7, nvec = K >> 5;
+    const uint4* wa = w + (size_t)ra * nvec + t;
+    const uint4* wb = w + (size_t)rb * nvec + t;
+    const u16* sa = scales + (size_t)ra * ngroups;
+    const u16* sb = scales + (size_t)rb * ngroups;
+    // Lane g supplies batch column g; columns >= B stay zero.
+    const float4* xg = (const float4*)(x + (size_t)(g < B ? g : 0) * K + 32 * t);
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    // Weights of INT4_PREFETCH groups are loaded before any is used, so each warp keeps
+    // 4 KB in flight: one group at a time leaves too few bytes in flight to cover DRAM latency.
+    for (int kc = warp; kc < ngroups; kc += INT4_PREFETCH * INT4_WARPS) {
+        uint4 qa[INT4_PREFETCH], qb[INT4_PREFETCH];
+        float s_a[INT4_PREFETCH], s_b[INT4_PREFETCH];
 #pragma unroll
-    for (int r = 0; r < INT4_ROWS; r++) {
-        int row = min(row0 + r, N - 1);  // tail rows recompute the last row; not stored
-        wr[r] = w + (size_t)row * nvec;
-        sr[r] = scales + (size_t)row * (K >> 7);
-    }
-    float acc[INT4_ROWS][B];
-#pragma unroll
-    for (int r = 0; r < INT4_ROWS; r++)
-#pragma unroll
-        for (int b = 0; b < B; b++) acc[r][b] = 0.0f;
-#pragma unroll 2
-    for (int i = lane; i < nvec; i += 32) {
-        uint4 q[INT4_ROWS];
-        float s[INT4_ROWS];
-#pragma unroll
-        for (int r = 0; r < INT4_ROWS; r++) {
-            q[r] = __ldg(wr[r] + i);
-            s[r] = f16_to_f32(__ldg(sr[r] + (i >> 2)));
-        }
-#pragma unroll
-        for (int b = 0; b < B; b++) {
-            const float4* xb = (const float4*)(x + (size_t)b * K + (size_t)i * 32);
-            float xs[32];
-#pragma unroll
-            for (int j = 0; j < 8; j++) {
-                float4 a = __ldg(xb + j);
-                xs[4 * j] = a.x; xs[4 * j + 1] = a.y; xs[4 * j + 2] = a.z; xs[4 * j + 3] = a.w;
-            }
-#pragma unroll
-            for (int r = 0; r < INT4_ROWS; r++) {
-                u32 words[4] = {q[r].x, q[r].y, q[r].z, q[r].w};
-                float p = 0.0f;
-#pragma unroll
-                for (int j = 0; j < 4; j++)
-#pragma unroll
-                    for (int e = 0; e < 8; e++) p += nib(words[j], 4 * e, 8388616.0f) * xs[8 * j + e];
-                acc[r][b] += s[r] * p;
+        for (int i = 0; i < INT4_PREFETCH; i++) {
+            int kg = kc + i * INT4_WARPS;
+            if (kg < ngroups) {
+                qa[i] = __ldg(wa + 4 * kg);
+                qb[i] = __ldg(wb + 4 * kg);
+                s_a[i] = f16_to_f32(__ldg(sa + kg));
+                s_b[i] = f16_to_f32(__ldg(sb + kg));
+            } else {
+                qa[i] = qb[i] = make_uint4(0u, 0u, 0u, 0u);
+                s_a[i] = s_b[i] = 0.0f;
             }
         }
-    }
 #pragma unroll
-    for (int r = 0; r < INT4_ROWS; r++)
+        for (int i = 0; i < INT4_PREFETCH; i++) {
+            int kg = kc + i * INT4_WARPS;
+            if (kg >= ngroups) break;
+            float4 xv[8];
 #pragma unroll
-        for (int b = 0; b < B; b++) {
-            float v = warp_sum(acc[r][b]);
-            if (lane == 0 && row0 + r < N) y[(size_t)b * N + row0 + r] = v;
+            for (int j = 0; j < 8; j++) xv[j] = g < B ? __ldg(xg + 32 * kg + j) : make_float4(0.f, 0.f, 0.f, 0.f);
+            u32 wda[4] = {qa[i].x, qa[i].y, qa[i].z, qa[i].w}, wdb[4] = {qb[i].x, qb[i].y, qb[i].z, qb[i].w};
+            float part[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                // Word j covers k = 8j..8j+7 of this lane's 32: float4 lo = k 0..3, hi = k 4..7.
+                float4 lo = xv[2 * j], hi = xv[2 * j + 1];
+                u32 ha[4], hb[4];
+                int4x8_to_f16x2(wda[j], ha);
+                int4x8_to_f16x2(wdb[j], hb);
+                mma_f16_f32(part, ha[0], hb[0], ha[1], hb[1], pack_f16x2(lo.x, hi.x), pack_f16x2(lo.y, hi.y));
+                mma_f16_f32(part, ha[2], hb[2], ha[3], hb[3], pack_f16x2(lo.z, hi.z), pack_f16x2(lo.w, hi.w));
+            }
+            // part: [0], [1] = row g, batch 2t, 2t+1; [2], [3] = row g+8.
+            acc[0] += s_a[i] * part[0];
+            acc[1] += s_a[i] * part[1];
+            acc[2] += s_b[i] * part[2];
+            acc[3] += s_b[i] * part[3];
         }
+    }
+    red[warp][g][2 * t] = acc[0];
+    red[warp][g][2 * t + 1] = acc[1];
+    red[warp][g + 8][2 * t] = acc[2];
+    red[warp][g + 8][2 * t + 1] = acc[3];
+    __syncthreads();
+    if (threadIdx.x < 16 * 8) {
+        int r = threadIdx.x >> 3, b = threadIdx.x & 7;
+        float v = 0.0f;
+#pragma unroll
+        for (int i = 0; i < INT4_WARPS; i++) v += red[i][r][b];
+        if (b < B && row0 + r < N) y[(size_t)b * N + row0 + r] = v;
+    }
 }
 
 // Q8_0 (GGML): blocks of 34 bytes, f16 d then 32 int8; rows are K/32 blocks back to back.
@@ -220,9 +293,9 @@ __device__ __forceinline__ void gemv_bf16(const uint4* __restrict__ w, const flo
 }
 
 #define GEMV_INSTANCES(B)                                                                                          \
-    extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_int4_g128_b##B(                            \
+    extern "C" __global__ void __launch_bounds__(INT4_WARPS * 32) gemv_int4_g128_b##B(                            \
         const uint4* w, const u16* s, const float* x, float* y, int N, int K) {                                    \
-        gemv_int4_g128<B>(w, s, x, y, N, K);                                                                       \
+        gemv_int4_g128_mma<B>(w, s, x, y, N, K);                                                                   \
     }                                                                                                              \
     extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_q8_0_b##B(const u16* w, const float* x,    \
                                                                                  float* y, int N, int K) {         \

@@ -11,7 +11,7 @@ const GROUP_MAX_EPS: f32 = 1e-15;
 /// llama.cpp `nearest_int`: round to nearest (ties to even) via the 1.5 * 2^23 trick. Exact for
 /// |x| < 2^22; outside that it returns what the bit trick returns, like the reference.
 #[inline(always)]
-fn nearest_int(x: f32) -> i32 {
+pub(crate) fn nearest_int(x: f32) -> i32 {
     let bits = (x + 12_582_912.0f32).to_bits() as i32;
     (bits & 0x007f_ffff) - 0x0040_0000
 }
@@ -256,7 +256,7 @@ fn make_qkx2_quants(
 
 /// The 6-bit scale and min of sub-block j from the packed 12-byte Q4_K/Q5_K scales field.
 #[inline(always)]
-fn get_scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+pub(crate) fn get_scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {
@@ -268,7 +268,7 @@ fn get_scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
 }
 
 /// Pack eight 6-bit scales and mins into the 12-byte Q4_K/Q5_K layout.
-fn pack_scales_k4(ls: &[u8; 8], lm: &[u8; 8], out: &mut [u8]) {
+pub(crate) fn pack_scales_k4(ls: &[u8; 8], lm: &[u8; 8], out: &mut [u8]) {
     out[..12].fill(0);
     for j in 0..8 {
         if j < 4 {

@@ -134,15 +134,23 @@ impl FastMinifloat {
         let rb = r.to_bits();
         let re = (rb >> 23) as i32 - 127;
         // Normal: biased exponent and the top mantissa bits; subnormal: r / 2^(emin - man).
-        let normal = (((re + self.bias) as u32) << self.man) | ((rb & 0x007f_ffff) >> (23 - self.man));
+        let normal =
+            (((re + self.bias) as u32) << self.man) | ((rb & 0x007f_ffff) >> (23 - self.man));
         let sub_scale = f32::from_bits(((127 - (self.emin - self.man)) as u32) << 23);
         let subnormal = (r * sub_scale) as u32;
         let mag = if re >= self.emin { normal } else { subnormal } as u8;
-        let sign = if neg == 1 { self.sign_bit } else { 0 };
-        let code = mag | sign;
-        let code = if r > self.max { self.overflow[neg] } else { code };
+        // Selects instead of indexing by the sign keep the loop branch-free.
+        let neg = neg == 1;
+        let sign = if neg { self.sign_bit } else { 0 };
+        let overflow = if neg {
+            self.overflow[1]
+        } else {
+            self.overflow[0]
+        };
+        let nan = if neg { self.nan[1] } else { self.nan[0] };
+        let code = if r > self.max { overflow } else { mag | sign };
         if x.is_nan() {
-            self.nan[neg]
+            nan
         } else {
             code
         }
@@ -163,7 +171,6 @@ pub(crate) fn minifloat_encode(f: &FastMinifloat, src: &[f32], dst: &mut [u8]) {
         *d = f.encode(s);
     }
 }
-
 
 /// Q8_0 blocks (scalar reference: `quant::legacy::q8_0`).
 #[inline(always)]

@@ -13,6 +13,7 @@ use std::cell::Cell;
 use std::sync::OnceLock;
 
 pub(crate) mod kernels;
+pub(crate) mod kq;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86;
 
@@ -86,7 +87,11 @@ pub fn detected() -> Level {
     static DETECTED: OnceLock<Level> = OnceLock::new();
     *DETECTED.get_or_init(|| {
         let hw = hardware();
-        match std::env::var("LOWBIT_SIMD").ok().as_deref().and_then(Level::parse) {
+        match std::env::var("LOWBIT_SIMD")
+            .ok()
+            .as_deref()
+            .and_then(Level::parse)
+        {
             Some(cap) => cap.min(hw),
             None => hw,
         }

@@ -8,9 +8,10 @@
 //! `simd::current()` never returns a level above `simd::hardware()`.
 
 use super::kernels::{self, FastMinifloat};
+use super::kq;
 
 macro_rules! instantiate {
-    ($features:literal) => {
+    ($features:literal, $kq_lanes:literal) => {
         use super::*;
 
         #[target_feature(enable = $features)]
@@ -44,6 +45,11 @@ macro_rules! instantiate {
         }
 
         #[target_feature(enable = $features)]
+        pub(crate) unsafe fn q4_k(src: &[f32], dst: &mut [u8]) {
+            kq::q4_k::<$kq_lanes>(src, dst)
+        }
+
+        #[target_feature(enable = $features)]
         pub(crate) unsafe fn mxfp4(src: &[f32], dst: &mut [u8]) {
             kernels::mxfp4(src, dst)
         }
@@ -51,9 +57,9 @@ macro_rules! instantiate {
 }
 
 pub(crate) mod avx2 {
-    instantiate!("avx2,fma,f16c");
+    instantiate!("avx2,fma,f16c", 8);
 }
 
 pub(crate) mod avx512 {
-    instantiate!("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c");
+    instantiate!("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c", 16);
 }
