@@ -65,6 +65,9 @@ pub const KERNEL_SOURCES: &[(&str, &str)] = &[
 /// `.../nvidia/cu13/lib/libnvrtc.so.13`) when it is not on the loader's search path.
 pub const NVRTC_ENV: &str = "LOWBIT_NVRTC_LIB";
 
+/// Environment variable with extra `-DNAME=VALUE` options for the kernel sources (tuning).
+pub const DEFINES_ENV: &str = "LOWBIT_NVRTC_DEFINES";
+
 static NVRTC_LIB: OnceLock<std::result::Result<Option<PathBuf>, String>> = OnceLock::new();
 
 /// Make NVRTC loadable. If `LOWBIT_NVRTC_LIB` names a file, it is opened with RTLD_GLOBAL first:
@@ -122,8 +125,17 @@ pub fn compile_ptx(arch: &str) -> Result<std::sync::Arc<PtxSet>> {
     ensure_nvrtc()?;
     let mut set = Vec::new();
     for &(name, src) in KERNEL_SOURCES {
+        let mut options = vec![format!("--gpu-architecture={arch}"), "--std=c++17".into()];
+        // Kernel tuning knobs (-DNAME=VALUE), for trying variants without a rebuild.
+        if let Ok(defs) = std::env::var(DEFINES_ENV) {
+            options.extend(
+                defs.split_whitespace()
+                    .filter(|d| d.starts_with("-D"))
+                    .map(String::from),
+            );
+        }
         let opts = cudarc::nvrtc::CompileOptions {
-            options: vec![format!("--gpu-architecture={arch}"), "--std=c++17".into()],
+            options,
             name: Some(format!("{name}.cu")),
             ..Default::default()
         };

@@ -23,7 +23,21 @@
 // values with the 0x6400 exponent trick (f16 1024 + c), so only the activations are rounded
 // (to f16, relative 2^-11); products and sums are f32.
 #define INT4_WARPS 8
+// Tuning knobs (overridable with LOWBIT_NVRTC_DEFINES, e.g. "-DINT4_PREFETCH=2"): groups whose
+// weights are loaded ahead, whether their activations are loaded ahead too, mma chains per group,
+// and the minimum resident blocks per SM asked of the register allocator.
+#ifndef INT4_PREFETCH
 #define INT4_PREFETCH 4
+#endif
+#ifndef INT4_ACT_EARLY
+#define INT4_ACT_EARLY 0
+#endif
+#ifndef INT4_CHAINS
+#define INT4_CHAINS 2
+#endif
+#ifndef INT4_MIN_BLOCKS
+#define INT4_MIN_BLOCKS 1
+#endif
 
 __device__ __forceinline__ u32 lop3_and_or(u32 a, u32 b, u32 c) {
     u32 d;
@@ -89,6 +103,9 @@ __device__ __forceinline__ void gemv_int4_g128_mma(const uint4* __restrict__ w, 
     for (int kc = warp; kc < ngroups; kc += INT4_PREFETCH * INT4_WARPS) {
         uint4 qa[INT4_PREFETCH], qb[INT4_PREFETCH];
         float s_a[INT4_PREFETCH], s_b[INT4_PREFETCH];
+#if INT4_ACT_EARLY
+        float4 xall[INT4_PREFETCH][8];
+#endif
 #pragma unroll
         for (int i = 0; i < INT4_PREFETCH; i++) {
             int kg = kc + i * INT4_WARPS;
@@ -101,16 +118,26 @@ __device__ __forceinline__ void gemv_int4_g128_mma(const uint4* __restrict__ w, 
                 qa[i] = qb[i] = make_uint4(0u, 0u, 0u, 0u);
                 s_a[i] = s_b[i] = 0.0f;
             }
+#if INT4_ACT_EARLY
+#pragma unroll
+            for (int j = 0; j < 8; j++)
+                xall[i][j] = (g < B && kg < ngroups) ? __ldg(xg + 32 * kg + j) : make_float4(0.f, 0.f, 0.f, 0.f);
+#endif
         }
 #pragma unroll
         for (int i = 0; i < INT4_PREFETCH; i++) {
             int kg = kc + i * INT4_WARPS;
             if (kg >= ngroups) break;
+#if INT4_ACT_EARLY
+            float4* xv = xall[i];
+#else
             float4 xv[8];
 #pragma unroll
             for (int j = 0; j < 8; j++) xv[j] = g < B ? __ldg(xg + 32 * kg + j) : make_float4(0.f, 0.f, 0.f, 0.f);
+#endif
             u32 wda[4] = {qa[i].x, qa[i].y, qa[i].z, qa[i].w}, wdb[4] = {qb[i].x, qb[i].y, qb[i].z, qb[i].w};
-            float part[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+            // Two independent accumulator chains halve the dependent-mma latency per group.
+            float part[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
 #pragma unroll
             for (int j = 0; j < 4; j++) {
                 // Word j covers k = 8j..8j+7 of this lane's 32: float4 lo = k 0..3, hi = k 4..7.
@@ -118,14 +145,15 @@ __device__ __forceinline__ void gemv_int4_g128_mma(const uint4* __restrict__ w, 
                 u32 ha[4], hb[4];
                 int4x8_to_f16x2(wda[j], ha);
                 int4x8_to_f16x2(wdb[j], hb);
-                mma_f16_f32(part, ha[0], hb[0], ha[1], hb[1], pack_f16x2(lo.x, hi.x), pack_f16x2(lo.y, hi.y));
-                mma_f16_f32(part, ha[2], hb[2], ha[3], hb[3], pack_f16x2(lo.z, hi.z), pack_f16x2(lo.w, hi.w));
+                float(&p)[4] = part[INT4_CHAINS == 2 ? (j & 1) : 0];
+                mma_f16_f32(p, ha[0], hb[0], ha[1], hb[1], pack_f16x2(lo.x, hi.x), pack_f16x2(lo.y, hi.y));
+                mma_f16_f32(p, ha[2], hb[2], ha[3], hb[3], pack_f16x2(lo.z, hi.z), pack_f16x2(lo.w, hi.w));
             }
             // part: [0], [1] = row g, batch 2t, 2t+1; [2], [3] = row g+8.
-            acc[0] += s_a[i] * part[0];
-            acc[1] += s_a[i] * part[1];
-            acc[2] += s_b[i] * part[2];
-            acc[3] += s_b[i] * part[3];
+            acc[0] += s_a[i] * (part[0][0] + part[1][0]);
+            acc[1] += s_a[i] * (part[0][1] + part[1][1]);
+            acc[2] += s_b[i] * (part[0][2] + part[1][2]);
+            acc[3] += s_b[i] * (part[0][3] + part[1][3]);
         }
     }
     red[warp][g][2 * t] = acc[0];
@@ -293,7 +321,7 @@ __device__ __forceinline__ void gemv_bf16(const uint4* __restrict__ w, const flo
 }
 
 #define GEMV_INSTANCES(B)                                                                                          \
-    extern "C" __global__ void __launch_bounds__(INT4_WARPS * 32) gemv_int4_g128_b##B(                            \
+    extern "C" __global__ void __launch_bounds__(INT4_WARPS * 32, INT4_MIN_BLOCKS) gemv_int4_g128_b##B(                          \
         const uint4* w, const u16* s, const float* x, float* y, int N, int K) {                                    \
         gemv_int4_g128_mma<B>(w, s, x, y, N, K);                                                                   \
     }                                                                                                              \
