@@ -75,13 +75,9 @@ fn bench_ggml(c: &mut Criterion) {
         // baseline ISA and meet the goal), so it is measured once.
         let mut g = c.benchmark_group(format!("dequantize/{}", ty.name()));
         g.throughput(Throughput::Bytes(bytes));
-        for level in [Level::Scalar] {
-            g.bench_function(BenchmarkId::from_parameter(level), |b| {
-                simd::with_level(level, || {
-                    b.iter(|| dequantize_rows(ty, black_box(&packed), COLS, &mut y).unwrap())
-                })
-            });
-        }
+        g.bench_function(BenchmarkId::from_parameter(Level::Scalar), |b| {
+            b.iter(|| dequantize_rows(ty, black_box(&packed), COLS, &mut y).unwrap())
+        });
         g.finish();
     }
 }
@@ -135,13 +131,9 @@ fn bench_fp8(c: &mut Criterion) {
     let mut y = vec![0f32; x.len()];
     let mut g = c.benchmark_group("dequantize/fp8_e4m3_codes");
     g.throughput(Throughput::Bytes(bytes));
-    for level in [Level::Scalar] {
-        g.bench_function(BenchmarkId::from_parameter(level), |b| {
-            simd::with_level(level, || {
-                b.iter(|| fmt.decode_slice(black_box(&codes), &mut y))
-            })
-        });
-    }
+    g.bench_function(BenchmarkId::from_parameter(Level::Scalar), |b| {
+        b.iter(|| fmt.decode_slice(black_box(&codes), &mut y))
+    });
     g.finish();
 }
 

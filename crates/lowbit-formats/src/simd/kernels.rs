@@ -133,11 +133,14 @@ impl FastMinifloat {
         let r = self.round_magnitude(a);
         let rb = r.to_bits();
         let re = (rb >> 23) as i32 - 127;
-        // Normal: biased exponent and the top mantissa bits; subnormal: r / 2^(emin - man).
-        let normal =
-            (((re + self.bias) as u32) << self.man) | ((rb & 0x007f_ffff) >> (23 - self.man));
-        let sub_scale = f32::from_bits(((127 - (self.emin - self.man)) as u32) << 23);
-        let subnormal = (r * sub_scale) as u32;
+        // Integer-only code extraction (no float -> int conversion, which vectorizes poorly).
+        // Normal r: the f32 exponent and top mantissa bits, exponent rebiased. Subnormal r
+        // (a multiple n of 2^(emin - man) below 2^emin): r + 2^emin has n as its top mantissa
+        // bits, exactly.
+        let shift = (23 - self.man) as u32;
+        let normal = (rb >> shift).wrapping_sub(((127 - self.bias) as u32) << self.man);
+        let two_emin = f32::from_bits(((self.emin + 127) as u32) << 23);
+        let subnormal = ((r + two_emin).to_bits() >> shift) & ((1u32 << self.man) - 1);
         let mag = if re >= self.emin { normal } else { subnormal } as u8;
         // Selects instead of indexing by the sign keep the loop branch-free.
         let neg = neg == 1;
@@ -243,4 +246,60 @@ pub(crate) fn mxfp4(src: &[f32], dst: &mut [u8]) {
             out[l] = (best[l] & 0x0F) | (best[l + 16] << 4);
         }
     }
+}
+
+/// Fake quantization of consecutive groups of `n` values of a row into a saturating minifloat,
+/// each with the scale `scale(absmax(group))` (fake.rs `float_groups_fast`; the same steps as
+/// its per-group path). Groups of 16 and 32 run on fixed-size arrays so they fill whole vectors.
+#[inline(always)]
+pub(crate) fn minifloat_groups(
+    row: &mut [f32],
+    n: usize,
+    f: &FastMinifloat,
+    m: &Minifloat,
+    scale: &dyn Fn(f32) -> f32,
+) -> bool {
+    #[inline(always)]
+    fn one(g: &mut [f32], f: &FastMinifloat, m: &Minifloat, scale: &dyn Fn(f32) -> f32) {
+        let s = scale(absmax(g));
+        if s == 0.0 || !s.is_finite() {
+            g.fill(0.0);
+            return;
+        }
+        let inv = 1.0 / s;
+        if inv.is_finite() {
+            minifloat_fake(g, f, inv, s);
+        } else {
+            for v in g.iter_mut() {
+                *v = m.quantize(*v * inv, crate::rounding::Rounding::NearestEven) * s;
+            }
+        }
+    }
+    #[inline(always)]
+    fn fixed<const G: usize>(
+        row: &mut [f32],
+        f: &FastMinifloat,
+        m: &Minifloat,
+        scale: &dyn Fn(f32) -> f32,
+    ) {
+        let mut groups = row.chunks_exact_mut(G);
+        for g in &mut groups {
+            let g: &mut [f32; G] = g.try_into().unwrap();
+            one(g, f, m, scale);
+        }
+        let rest = groups.into_remainder();
+        if !rest.is_empty() {
+            one(rest, f, m, scale);
+        }
+    }
+    match n {
+        16 => fixed::<16>(row, f, m, scale),
+        32 => fixed::<32>(row, f, m, scale),
+        _ => {
+            for g in row.chunks_mut(n.max(1)) {
+                one(g, f, m, scale);
+            }
+        }
+    }
+    true
 }

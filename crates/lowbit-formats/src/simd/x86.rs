@@ -9,6 +9,7 @@
 
 use super::kernels::{self, FastMinifloat};
 use super::kq;
+use crate::minifloat::Minifloat;
 
 macro_rules! instantiate {
     ($features:literal, $kq_lanes:literal) => {
@@ -27,6 +28,17 @@ macro_rules! instantiate {
         #[target_feature(enable = $features)]
         pub(crate) unsafe fn minifloat_fake(g: &mut [f32], f: &FastMinifloat, inv: f32, s: f32) {
             kernels::minifloat_fake(g, f, inv, s)
+        }
+
+        #[target_feature(enable = $features)]
+        pub(crate) unsafe fn minifloat_groups(
+            row: &mut [f32],
+            n: usize,
+            f: &FastMinifloat,
+            m: &Minifloat,
+            scale: &dyn Fn(f32) -> f32,
+        ) -> bool {
+            kernels::minifloat_groups(row, n, f, m, scale)
         }
 
         #[target_feature(enable = $features)]
