@@ -35,9 +35,12 @@ log=${OUT:-/tmp}/gpu-suite.log
         done
     fi
     echo "== tests"
+    [[ -n "${SKIP_TESTS:-}" ]] ||
     for t in "$DIST"/lowbit-cuda-tests-*; do "$t" --test-threads=1; done
     echo "== GEMV bandwidth and synthetic decode"
-    "$DIST/lowbit" gpu-bench --synthetic llama-3-8b --format int4g128,q4_k,q8_0,bf16 --batches 1,2,4,8 --decode-tokens 128 --device cuda
+    # FORMATS / INT4_KERNELS narrow the run (INT4_KERNELS=all compares every INT4 GEMV kernel).
+    "$DIST/lowbit" gpu-bench --synthetic llama-3-8b --format "${FORMATS:-int4g128,q4_k,q8_0,bf16}" \
+        --batches 1,2,4,8 --decode-tokens 128 --device cuda ${INT4_KERNELS:+--int4-kernels "$INT4_KERNELS"}
     # cuBLAS bf16 GEMV reference through PyTorch, if present.
     python3 - <<'PY' || echo "(no PyTorch: cuBLAS reference skipped)"
 import torch

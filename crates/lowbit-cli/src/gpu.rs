@@ -4,7 +4,7 @@
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use lowbit_cuda::bench::{self, ModelShape};
-use lowbit_cuda::{CudaBackend, WeightFormat};
+use lowbit_cuda::{CudaBackend, Int4Kernel, WeightFormat};
 
 #[derive(Args)]
 pub struct GpuBenchArgs {
@@ -23,6 +23,10 @@ pub struct GpuBenchArgs {
     /// Tokens to decode in the end-to-end loop (0 skips it).
     #[arg(long, default_value_t = 128)]
     decode_tokens: usize,
+    /// INT4 g128 GEMV kernels to measure (comma-separated names, or "all"); default: the
+    /// backend's default (LOWBIT_INT4_KERNEL or the shipped one).
+    #[arg(long)]
+    int4_kernels: Option<String>,
     /// Timed repetitions per GEMV measurement (median reported).
     #[arg(long, default_value_t = 20)]
     reps: usize,
@@ -67,7 +71,34 @@ pub fn gpu_bench(a: GpuBenchArgs) -> Result<()> {
                 .with_context(|| format!("bad batch '{b}'"))
         })
         .collect::<Result<_>>()?;
-    let be = CudaBackend::new(ordinal).context("cannot open the CUDA device")?;
+    let mut be = CudaBackend::new(ordinal).context("cannot open the CUDA device")?;
+    let default_int4 = be.int4_kernel();
+    let int4_kernels: Vec<Int4Kernel> = match a.int4_kernels.as_deref() {
+        None => vec![default_int4],
+        Some("all") => Int4Kernel::ALL.to_vec(),
+        Some(list) => list
+            .split(',')
+            .map(|k| {
+                Int4Kernel::parse(k.trim()).with_context(|| {
+                    format!(
+                        "unknown INT4 kernel '{k}' (one of {:?}, or all)",
+                        Int4Kernel::ALL.map(|k| k.name())
+                    )
+                })
+            })
+            .collect::<Result<_>>()?,
+    };
+    // Other formats run once; INT4 once per kernel variant, labelled "int4g128/<kernel>".
+    let variants = |format: WeightFormat| -> Vec<(String, Option<Int4Kernel>)> {
+        if format == WeightFormat::Int4G128 {
+            int4_kernels
+                .iter()
+                .map(|k| (format!("{}/{}", format.name(), k.name()), Some(*k)))
+                .collect()
+        } else {
+            vec![(format.name().to_string(), None)]
+        }
+    };
     let copy = bench::copy_bandwidth(&be, 1 << 30, 20)?;
     println!(
         "device: {} ({}), model shape: {}",
@@ -80,25 +111,28 @@ pub fn gpu_bench(a: GpuBenchArgs) -> Result<()> {
         copy
     );
     println!(
-        "{:<10} {:<10} {:>6} {:>6} {:>5} {:>10} {:>9} {:>9} {:>7}",
+        "{:<15} {:<10} {:>6} {:>6} {:>5} {:>10} {:>9} {:>9} {:>7}",
         "format", "matrix", "N", "K", "batch", "bytes", "us", "GB/s", "%copy"
     );
     for &format in &formats {
-        for (label, n, k) in shape.gemv_shapes() {
-            for &b in &batches {
-                let t = bench::time_gemv(&be, format, n, k, b, a.reps)?;
-                println!(
-                    "{:<10} {:<10} {:>6} {:>6} {:>5} {:>10} {:>9.1} {:>9.0} {:>6.1}%",
-                    format.name(),
-                    label,
-                    t.rows,
-                    t.cols,
-                    t.batch,
-                    t.bytes,
-                    t.us,
-                    t.gbps,
-                    100.0 * t.gbps / copy
-                );
+        for (fname, kernel) in variants(format) {
+            be.set_int4_kernel(kernel.unwrap_or(default_int4));
+            for (label, n, k) in shape.gemv_shapes() {
+                for &b in &batches {
+                    let t = bench::time_gemv(&be, format, n, k, b, a.reps)?;
+                    println!(
+                        "{:<15} {:<10} {:>6} {:>6} {:>5} {:>10} {:>9.1} {:>9.0} {:>6.1}%",
+                        fname,
+                        label,
+                        t.rows,
+                        t.cols,
+                        t.batch,
+                        t.bytes,
+                        t.us,
+                        t.gbps,
+                        100.0 * t.gbps / copy
+                    );
+                }
             }
         }
     }
@@ -106,16 +140,19 @@ pub fn gpu_bench(a: GpuBenchArgs) -> Result<()> {
         for &format in &formats {
             let max_seq = a.decode_tokens.max(64).next_power_of_two();
             let mut m = bench::SyntheticModel::build(&be, &shape, format, max_seq)?;
-            let t = bench::decode(&be, &mut m, a.decode_tokens, max_seq)?;
-            // Bytes per token: weights + the KV cache read at the mean position of the run.
-            let bytes = m.weight_bytes_per_token() + m.kv_bytes_at(a.decode_tokens / 2);
-            let bound = copy * 1e9 / bytes as f64;
-            for (how, ms) in [("eager", t.eager_ms), ("graph", t.graph_ms)] {
-                let tok_s = a.decode_tokens as f64 / (ms * 1e-3);
-                println!(
-                    "decode {} {} ({how}): {} tokens in {:.1} ms = {:.1} tokens/s; {:.2} GB/token, bound {:.0} tokens/s ({:.1}% of bound)",
-                    shape.name, format.name(), a.decode_tokens, ms, tok_s, bytes as f64 / 1e9, bound, 100.0 * tok_s / bound
-                );
+            for (fname, kernel) in variants(format) {
+                be.set_int4_kernel(kernel.unwrap_or(default_int4));
+                let t = bench::decode(&be, &mut m, a.decode_tokens, max_seq)?;
+                // Bytes per token: weights + the KV cache read at the mean position of the run.
+                let bytes = m.weight_bytes_per_token() + m.kv_bytes_at(a.decode_tokens / 2);
+                let bound = copy * 1e9 / bytes as f64;
+                for (how, ms) in [("eager", t.eager_ms), ("graph", t.graph_ms)] {
+                    let tok_s = a.decode_tokens as f64 / (ms * 1e-3);
+                    println!(
+                        "decode {} {fname} ({how}): {} tokens in {:.1} ms = {:.1} tokens/s; {:.2} GB/token, bound {:.0} tokens/s ({:.1}% of bound)",
+                        shape.name, a.decode_tokens, ms, tok_s, bytes as f64 / 1e9, bound, 100.0 * tok_s / bound
+                    );
+                }
             }
         }
     }

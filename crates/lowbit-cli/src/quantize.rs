@@ -48,6 +48,13 @@ pub struct QuantizeArgs {
     /// Print one JSON summary.
     #[arg(long)]
     json: bool,
+    /// Rotate the residual stream before quantizing: none, or hadamard (randomized Hadamard R1
+    /// fused into the weights, norms folded first; Llama/Mistral/Qwen2/Qwen3 dense models).
+    #[arg(long, default_value = "none", value_name = "none|hadamard")]
+    rotate: String,
+    /// Seed of the rotation's random ±1 signs.
+    #[arg(long, default_value_t = 0)]
+    rotate_seed: u64,
     /// Abort (leaving nothing behind) if resident memory goes over this many MiB.
     #[arg(long, value_name = "MIB")]
     max_memory: Option<u64>,
@@ -168,12 +175,33 @@ pub fn quantize(a: QuantizeArgs) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("--scheme {}: {}", a.scheme, e.0))?;
     let quantizer = Quantizer::from_spec(&spec)?;
     let method = Method::parse(&a.method)?;
+    let rotate = lowbit_quant::rotate::RotateKind::parse(&a.rotate)
+        .with_context(|| format!("--rotate {}", a.rotate))?;
     let mut ignore = lowbit_quant::pipeline::default_ignore();
     for r in &a.ignore {
         ignore.push(Regex::new(r).with_context(|| format!("--ignore {r}: not a valid regex"))?);
     }
     let t0 = Instant::now();
-    let input = open_input(&a.model)?;
+    let mut input = open_input(&a.model)?;
+    // R1 is fused into the f32 weights before anything is quantized or calibrated; the rotated
+    // tensors live in a scratch file next to the output (unlinked once mapped).
+    let mut rotation = None;
+    if rotate == lowbit_quant::rotate::RotateKind::Hadamard {
+        let scratch = match a.out.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let r = lowbit_quant::rotate::rotate_model(
+            &input.config,
+            &input.weights,
+            a.rotate_seed,
+            &scratch,
+        )
+        .with_context(|| format!("model '{}'", a.model))?;
+        input.config = r.config;
+        input.weights = r.weights;
+        rotation = Some(r.info);
+    }
     let calib = match (&a.calib, method) {
         (None, Method::Gptq) => bail!("--method gptq needs --calib TEXT"),
         (None, _) => Vec::new(),
@@ -231,6 +259,9 @@ pub fn quantize(a: QuantizeArgs) -> Result<()> {
     let targets = plan.targets.iter().cloned().collect();
     let specs = lowbit_quant::export::plan_specs(&src, &input.weights, &targets, &quantizer)?;
     let mut writer = lowbit_quant::ModelWriter::create(&a.out, &src, specs, a.force)?;
+    if let Some(r) = &rotation {
+        writer.set_rotation(r);
+    }
     let reports = lowbit_quant::quantize_streaming(
         &input.config,
         &input.weights,

@@ -89,6 +89,86 @@ impl DeviceMatrix {
     }
 }
 
+/// Which INT4 g128 GEMV kernel runs (kernels/gemv.cu). `LOWBIT_INT4_KERNEL` picks the default.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Int4Kernel {
+    /// f32 activations re-read by every lane through L1 (the first tensor-core kernel).
+    L1F32,
+    /// Activations staged per block in shared memory as permuted f16; `tiles` 16-row tiles per
+    /// block; `prepass`: a separate kernel converts x to f16 first (else each block converts).
+    Staged { tiles: u32, prepass: bool },
+    /// Per batch, the faster on the H100 (2026-11-23, BENCHMARKS.md): `L1F32` for batch 1..2
+    /// (staging did not beat it there), `Staged { tiles: 2, prepass: false }` for 3..8
+    /// (1.3-1.6x on 14336x4096 at batch 4..8).
+    Auto,
+}
+
+impl Int4Kernel {
+    pub const ALL: [Int4Kernel; 6] = [
+        Int4Kernel::Auto,
+        Int4Kernel::L1F32,
+        Int4Kernel::Staged {
+            tiles: 1,
+            prepass: false,
+        },
+        Int4Kernel::Staged {
+            tiles: 2,
+            prepass: false,
+        },
+        Int4Kernel::Staged {
+            tiles: 1,
+            prepass: true,
+        },
+        Int4Kernel::Staged {
+            tiles: 2,
+            prepass: true,
+        },
+    ];
+    /// Environment variable naming the default kernel (one of the `name()`s).
+    pub const ENV: &'static str = "LOWBIT_INT4_KERNEL";
+    /// The shipped default.
+    pub const DEFAULT: Int4Kernel = Int4Kernel::Auto;
+
+    /// The kernel that runs at this batch size.
+    pub fn resolve(self, batch: usize) -> Int4Kernel {
+        match self {
+            Int4Kernel::Auto if batch <= 2 => Int4Kernel::L1F32,
+            Int4Kernel::Auto => Int4Kernel::Staged {
+                tiles: 2,
+                prepass: false,
+            },
+            k => k,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Int4Kernel::Auto => "auto",
+            Int4Kernel::L1F32 => "l1f32",
+            Int4Kernel::Staged {
+                tiles: 1,
+                prepass: false,
+            } => "s1f32",
+            Int4Kernel::Staged {
+                tiles: _,
+                prepass: false,
+            } => "s2f32",
+            Int4Kernel::Staged {
+                tiles: 1,
+                prepass: true,
+            } => "s1f16",
+            Int4Kernel::Staged {
+                tiles: _,
+                prepass: true,
+            } => "s2f16",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Int4Kernel> {
+        Int4Kernel::ALL.into_iter().find(|k| k.name() == s)
+    }
+}
+
 const GEMV_WARPS: u32 = 4; // matches kernels/gemv.cu
 const INT4_WARPS: u32 = 8; // matches kernels/gemv.cu
 pub const MAX_BATCH: usize = 8;
@@ -100,7 +180,17 @@ pub struct CudaBackend {
     funcs: HashMap<String, CudaFunction>,
     name: String,
     arch: String,
+    int4_kernel: Int4Kernel,
+    /// Largest dynamic shared memory a staged INT4 block may ask for.
+    max_dyn_smem: usize,
+    /// Pre-pass output (permuted f16 activations), allocated once so decode never allocates.
+    xh: std::sync::Mutex<CudaSlice<u16>>,
 }
+
+/// f16 values the pre-pass scratch holds (batch x K); larger inputs use the in-block conversion.
+const XH_SCRATCH: usize = 8 * 32768;
+/// Static shared memory of the staged INT4 kernels (the reduction array).
+const INT4_STATIC_SMEM: usize = INT4_WARPS as usize * 16 * 8 * 4;
 
 fn check_len(what: &str, have: usize, need: usize) -> Result<()> {
     if have < need {
@@ -149,13 +239,60 @@ impl CudaBackend {
                 funcs.insert(entry, f);
             }
         }
+        // Staged INT4 kernels keep up to batch x K f16 activations in shared memory: allow the
+        // device's opt-in maximum (227 KB on H100) instead of the default 48 KB.
+        use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
+        let optin = drv(
+            "shared memory opt-in limit",
+            ctx.attribute(
+                CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
+            ),
+        )? as usize;
+        let max_dyn_smem = optin.saturating_sub(INT4_STATIC_SMEM);
+        for (entry, f) in funcs.iter() {
+            if entry.starts_with("gemv_int4_g128_s") {
+                drv(
+                    format!("set shared memory limit of {entry}"),
+                    f.set_attribute(
+                        CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                        max_dyn_smem as i32,
+                    ),
+                )?;
+            }
+        }
+        let int4_kernel = match std::env::var(Int4Kernel::ENV) {
+            Ok(v) => Int4Kernel::parse(&v).ok_or_else(|| {
+                Error::Shape(format!(
+                    "{}={v}: expected one of {:?}",
+                    Int4Kernel::ENV,
+                    Int4Kernel::ALL.map(|k| k.name())
+                ))
+            })?,
+            Err(_) => Int4Kernel::DEFAULT,
+        };
+        let xh = std::sync::Mutex::new(drv(
+            "allocate activation scratch",
+            stream.alloc_zeros::<u16>(XH_SCRATCH),
+        )?);
         Ok(CudaBackend {
             ctx,
             stream,
             funcs,
             name,
             arch,
+            int4_kernel,
+            max_dyn_smem,
+            xh,
         })
+    }
+
+    pub fn int4_kernel(&self) -> Int4Kernel {
+        self.int4_kernel
+    }
+
+    /// Choose the INT4 g128 GEMV kernel (all compute the same function).
+    pub fn set_int4_kernel(&mut self, k: Int4Kernel) {
+        self.int4_kernel = k;
     }
 
     pub fn device_name(&self) -> &str {
@@ -359,6 +496,15 @@ impl CudaBackend {
         }
         check_len("gemv x", x.len(), batch * w.cols)?;
         check_len("gemv y", y.len(), batch * w.rows)?;
+        if w.format == WeightFormat::Int4G128 {
+            if let Int4Kernel::Staged { tiles, prepass } = self.int4_kernel.resolve(batch) {
+                let smem = batch * (w.cols / 8 + 4) * 16;
+                if smem <= self.max_dyn_smem {
+                    return self.gemv_int4_staged(w, x, batch, y, tiles, prepass, smem);
+                }
+                // Too many activations for shared memory: the L1 kernel below.
+            }
+        }
         let f = self.func(&format!("{}_b{batch}", w.format.kernel_prefix()))?;
         // INT4: a block of INT4_WARPS warps per 16-row tensor-core tile (kernels/gemv.cu);
         // the others: one warp per row.
@@ -379,6 +525,47 @@ impl CudaBackend {
             }),
             None => self.launch(f, cfg, |b| b.arg(&w.data).arg(x).arg(y).arg(&n).arg(&k)),
         }
+    }
+
+    /// The staged INT4 kernels; the caller checked the lengths and the shared memory size.
+    #[allow(clippy::too_many_arguments)]
+    fn gemv_int4_staged(
+        &self,
+        w: &DeviceMatrix,
+        x: &CudaSlice<f32>,
+        batch: usize,
+        y: &mut CudaSlice<f32>,
+        tiles: u32,
+        prepass: bool,
+        smem: usize,
+    ) -> Result<()> {
+        let scales = w
+            .scales
+            .as_ref()
+            .ok_or_else(|| Error::Shape("int4g128 matrix without scales".into()))?;
+        let (n, k) = (w.rows as i32, w.cols as i32);
+        let tiles = tiles.clamp(1, 2);
+        let cfg = LaunchConfig {
+            grid_dim: ((w.rows as u32).div_ceil(16 * tiles), 1, 1),
+            block_dim: (INT4_WARPS * 32, 1, 1),
+            shared_mem_bytes: smem as u32,
+        };
+        if prepass && batch * w.cols <= XH_SCRATCH {
+            let mut xh = self.xh.lock().unwrap_or_else(|e| e.into_inner());
+            let nchunks = (batch * w.cols / 8) as i32;
+            let f = self.func("int4_act_to_f16")?;
+            self.launch(f, LaunchConfig::for_num_elems(nchunks as u32), |b| {
+                b.arg(x).arg(&mut *xh).arg(&nchunks)
+            })?;
+            let f = self.func(&format!("gemv_int4_g128_s{tiles}_f16_b{batch}"))?;
+            return self.launch(f, cfg, |b| {
+                b.arg(&w.data).arg(scales).arg(&*xh).arg(y).arg(&n).arg(&k)
+            });
+        }
+        let f = self.func(&format!("gemv_int4_g128_s{tiles}_f32_b{batch}"))?;
+        self.launch(f, cfg, |b| {
+            b.arg(&w.data).arg(scales).arg(x).arg(y).arg(&n).arg(&k)
+        })
     }
 
     /// y[r] = rmsnorm(x[r]) * w for `rows` rows of `n`.

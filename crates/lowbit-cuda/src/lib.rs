@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
-pub use backend::{CudaBackend, DeviceMatrix, WeightFormat};
+pub use backend::{CudaBackend, DeviceMatrix, Int4Kernel, WeightFormat};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

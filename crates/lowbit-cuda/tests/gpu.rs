@@ -2,7 +2,7 @@
 //! when no driver or device exists (CI).
 
 use lowbit_cuda::reference::{self as r, Rng};
-use lowbit_cuda::{CudaBackend, WeightFormat};
+use lowbit_cuda::{CudaBackend, Int4Kernel, WeightFormat};
 
 fn backend() -> Option<CudaBackend> {
     match CudaBackend::new(0) {
@@ -61,6 +61,43 @@ fn gemv_all_formats_and_batches_match_cpu() {
                 assert!(
                     err < tol,
                     "{format:?} {rows}x{cols} batch {batch}: rel L2 {err:e}"
+                );
+            }
+        }
+    }
+}
+
+/// Every INT4 kernel variant, on shapes that cover row tails, both row tiles, batches whose
+/// activations fit in shared memory and (K = 32768 at batch 8, past the pre-pass scratch and
+/// near the shared-memory limit) ones that fall back.
+#[test]
+fn int4_kernel_variants_match_cpu() {
+    let Some(mut be) = backend() else { return };
+    let mut rng = Rng::new(11);
+    for (rows, cols) in [(37, 512), (40, 4096), (8, 32768)] {
+        let (bytes, scales, vals) = r::random_matrix(WeightFormat::Int4G128, rows, cols, &mut rng);
+        let w = be
+            .upload_matrix(
+                WeightFormat::Int4G128,
+                rows,
+                cols,
+                &bytes,
+                scales.as_deref(),
+            )
+            .unwrap();
+        for batch in [1, 2, 5, 8] {
+            let x = rng.vec(batch * cols, 1.0);
+            let xd = be.upload(&x).unwrap();
+            let want = r::gemv(&vals, rows, cols, &x, batch);
+            for k in Int4Kernel::ALL {
+                be.set_int4_kernel(k);
+                let mut yd = be.upload(&vec![f32::NAN; batch * rows]).unwrap();
+                be.gemv(&w, &xd, batch, &mut yd).unwrap();
+                let err = r::rel_l2(&be.download(&yd).unwrap(), &want);
+                assert!(
+                    err < 1e-3,
+                    "{} {rows}x{cols} batch {batch}: rel L2 {err:e}",
+                    k.name()
                 );
             }
         }

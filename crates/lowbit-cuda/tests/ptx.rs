@@ -49,7 +49,13 @@ fn every_kernel_compiles_to_ptx_for_sm90() {
     for f in ["gemv_int4_g128", "gemv_q8_0", "gemv_q4_k", "gemv_bf16"] {
         want.extend((1..=8).map(|b| format!("{f}_b{b}")));
     }
+    for rt in [1, 2] {
+        for src in ["f32", "f16"] {
+            want.extend((1..=8).map(|b| format!("gemv_int4_g128_s{rt}_{src}_b{b}")));
+        }
+    }
     for k in [
+        "int4_act_to_f16",
         "rmsnorm_f32",
         "rope_f32",
         "silu_mul_f32",

@@ -529,6 +529,8 @@ pub struct ModelWriter {
     cfg: Value,
     tokenizer_dir: Option<PathBuf>,
     tokenizer_gguf: Option<Vec<(String, GgufValue)>>,
+    /// `quantization_config.lowbit_rotation` (a lowbit extension), when weights were rotated.
+    rotation: Option<Value>,
     finished: bool,
 }
 
@@ -581,6 +583,7 @@ impl ModelWriter {
             cfg,
             tokenizer_dir: src.dir.clone(),
             tokenizer_gguf: src.tokenizer_gguf.clone(),
+            rotation: None,
             finished: false,
         };
         w.start_safetensors(specs)?;
@@ -623,6 +626,14 @@ impl ModelWriter {
         }
         self.file = Some(file);
         Ok(())
+    }
+
+    /// Record that the weights carry a fused rotation (`--rotate`): config.json gets
+    /// `quantization_config.lowbit_rotation`, and the output head is marked untied (the rotated
+    /// model always stores `lm_head.weight`).
+    pub fn set_rotation(&mut self, info: &crate::rotate::RotationInfo) {
+        crate::rotate::untie_config_json(&mut self.cfg);
+        self.rotation = Some(info.to_json());
     }
 
     /// Write one pipeline tensor (all its safetensors tensors) at its place in the file.
@@ -677,10 +688,11 @@ impl ModelWriter {
             .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", self.st_path.display()))?;
         drop(file);
         let obj = self.cfg.as_object_mut().expect("checked in create");
-        obj.insert(
-            "quantization_config".into(),
-            quantization_config_for(ignored, q, info.act_order),
-        );
+        let mut qc = quantization_config_for(ignored, q, info.act_order);
+        if let (Some(r), Some(o)) = (&self.rotation, qc.as_object_mut()) {
+            o.insert("lowbit_rotation".into(), r.clone());
+        }
+        obj.insert("quantization_config".into(), qc);
         obj.insert(
             "lowbit".into(),
             json!({

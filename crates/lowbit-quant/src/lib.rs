@@ -3,6 +3,7 @@
 //! as Hugging Face directories in vLLM's compressed-tensors layout (see docs/FORMAT.md).
 
 pub mod gptq;
+pub mod hadamard;
 pub mod linalg;
 pub mod quantizer;
 
@@ -11,6 +12,7 @@ pub use quantizer::{rtn, ElemKind, Params, QuantizedTensor, Quantizer, ScaleLayo
 pub mod export;
 pub mod hf_source;
 pub mod pipeline;
+pub mod rotate;
 
 pub use export::{write_model, ModelWriter, Source, WriteInfo};
 pub use pipeline::{

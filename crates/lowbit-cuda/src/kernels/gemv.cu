@@ -170,6 +170,140 @@ __device__ __forceinline__ void gemv_int4_g128_mma(const uint4* __restrict__ w, 
     }
 }
 
+// INT4 g128 with the activations staged in shared memory as f16 (the "staged" kernels).
+// The kernel above re-reads 128 B of f32 activations per 16 B of weights through L1 and
+// converts them in every lane; Nsight showed its stalls waiting on those loads. Here a block
+// first copies its activations into shared memory, already rounded to f16 and permuted so that
+// a lane's four 16-byte shared loads per group are exactly its eight mma B fragments, then
+// streams the weights as before.
+//
+// Permuted layout of one batch row (K/8 uint4 per row): in group q, uint4 slot 4j + t holds lane
+// t's pairs for word j, i.e. k = 32t + 8j + {(0,4), (1,5), (2,6), (3,7)} within the group; so the
+// four lanes of a quad read 64 contiguous bytes per j (no bank conflicts).
+// Chunk c (values 8c..8c+7 of a row, K % 128 == 0) goes to slot int4_act_slot(c).
+__device__ __forceinline__ int int4_act_slot(int c) { return (c & ~15) | ((c & 3) << 2) | ((c >> 2) & 3); }
+__device__ __forceinline__ uint4 int4_act_pack(float4 lo, float4 hi) {
+    return make_uint4(pack_f16x2(lo.x, hi.x), pack_f16x2(lo.y, hi.y), pack_f16x2(lo.z, hi.z), pack_f16x2(lo.w, hi.w));
+}
+
+// Pre-pass: x f32 [B][K] -> xh in the permuted f16 layout ([B][K/8] uint4), so the GEMV copies
+// 2 bytes per value into shared memory instead of reading and converting 4.
+extern "C" __global__ void int4_act_to_f16(const float4* __restrict__ x, uint4* __restrict__ xh, int nchunks) {
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c < nchunks) xh[int4_act_slot(c)] = int4_act_pack(__ldg(x + 2 * c), __ldg(x + 2 * c + 1));
+}
+
+#ifndef INT4S_PREFETCH
+#define INT4S_PREFETCH 4
+#endif
+
+// RT row tiles of 16 rows per block; the INT4_WARPS / RT warps of a tile split K by groups.
+// XH: the source is the pre-pass output (f16, permuted) instead of f32 x. Dynamic shared memory:
+// B rows of K/8 + 4 uint4 (the 64-byte pad puts batch rows on different banks).
+template <int B, int RT, bool XH>
+__device__ __forceinline__ void gemv_int4_g128_staged(const uint4* __restrict__ w, const u16* __restrict__ scales,
+                                                      const void* __restrict__ xsrc, float* __restrict__ y, int N,
+                                                      int K) {
+    extern __shared__ uint4 xs[];
+    __shared__ float red[INT4_WARPS][16][8];
+    constexpr int KW = INT4_WARPS / RT;
+    constexpr int P = INT4S_PREFETCH;
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    int g = lane >> 2, t = lane & 3;
+    int tile = warp / KW, kw = warp % KW;
+    int row0 = (blockIdx.x * RT + tile) * 16;
+    int ra = min(row0 + g, N - 1), rb = min(row0 + g + 8, N - 1);  // tail rows: loaded, not stored
+    int ngroups = K >> 7, nvec = K >> 5, rchunks = K >> 3, rstride = rchunks + 4;
+    const uint4* wa = w + (size_t)ra * nvec + t;
+    const uint4* wb = w + (size_t)rb * nvec + t;
+    const u16* sa = scales + (size_t)ra * ngroups;
+    const u16* sb = scales + (size_t)rb * ngroups;
+    uint4 qa[P], qb[P];
+    float s_a[P], s_b[P];
+    // Weight loads of the first P groups go out before the staging, so they overlap it.
+#define INT4S_LOAD(KC)                                                          \
+    _Pragma("unroll") for (int i = 0; i < P; i++) {                             \
+        int kg = (KC) + i * KW;                                                 \
+        if (kg < ngroups) {                                                     \
+            qa[i] = __ldg(wa + 4 * kg);                                         \
+            qb[i] = __ldg(wb + 4 * kg);                                         \
+            s_a[i] = f16_to_f32(__ldg(sa + kg));                                \
+            s_b[i] = f16_to_f32(__ldg(sb + kg));                                \
+        }                                                                       \
+    }
+    INT4S_LOAD(kw)
+    for (int c = threadIdx.x; c < B * rchunks; c += blockDim.x) {
+        int b = c / rchunks, cc = c - b * rchunks;
+        if (XH) {
+            xs[b * rstride + cc] = __ldg((const uint4*)xsrc + c);
+        } else {
+            const float4* xf = (const float4*)xsrc + 2 * c;
+            xs[b * rstride + int4_act_slot(cc)] = int4_act_pack(__ldg(xf), __ldg(xf + 1));
+        }
+    }
+    __syncthreads();
+    // Lanes of batch columns >= B read row 0: those mma columns are computed and never stored.
+    const uint4* xr = xs + (g < B ? g : 0) * rstride + t;
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (int kc = kw; kc < ngroups; kc += P * KW) {
+#pragma unroll
+        for (int i = 0; i < P; i++) {
+            int kg = kc + i * KW;
+            if (kg >= ngroups) break;
+            u32 wda[4] = {qa[i].x, qa[i].y, qa[i].z, qa[i].w}, wdb[4] = {qb[i].x, qb[i].y, qb[i].z, qb[i].w};
+            float p[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                uint4 xv = xr[kg * 16 + 4 * j];
+                u32 ha[4], hb[4];
+                int4x8_to_f16x2(wda[j], ha);
+                int4x8_to_f16x2(wdb[j], hb);
+                mma_f16_f32(p, ha[0], hb[0], ha[1], hb[1], xv.x, xv.y);
+                mma_f16_f32(p, ha[2], hb[2], ha[3], hb[3], xv.z, xv.w);
+            }
+            acc[0] += s_a[i] * p[0];
+            acc[1] += s_a[i] * p[1];
+            acc[2] += s_b[i] * p[2];
+            acc[3] += s_b[i] * p[3];
+        }
+        INT4S_LOAD(kc + P * KW)
+    }
+#undef INT4S_LOAD
+    red[warp][g][2 * t] = acc[0];
+    red[warp][g][2 * t + 1] = acc[1];
+    red[warp][g + 8][2 * t] = acc[2];
+    red[warp][g + 8][2 * t + 1] = acc[3];
+    __syncthreads();
+    if (threadIdx.x < RT * 128) {
+        int tl = threadIdx.x >> 7, r = (threadIdx.x >> 3) & 15, b = threadIdx.x & 7;
+        int row = (blockIdx.x * RT + tl) * 16 + r;
+        float v = 0.0f;
+#pragma unroll
+        for (int i = 0; i < KW; i++) v += red[tl * KW + i][r][b];
+        if (b < B && row < N) y[(size_t)b * N + row] = v;
+    }
+}
+
+#define INT4_STAGED_INSTANCE(B, RT, SRC, XH)                                                               \
+    extern "C" __global__ void __launch_bounds__(INT4_WARPS * 32, INT4_MIN_BLOCKS)                         \
+        gemv_int4_g128_s##RT##_##SRC##_b##B(const uint4* w, const u16* s, const void* x, float* y, int N,  \
+                                            int K) {                                                       \
+        gemv_int4_g128_staged<B, RT, XH>(w, s, x, y, N, K);                                                \
+    }
+#define INT4_STAGED_INSTANCES(B)            \
+    INT4_STAGED_INSTANCE(B, 1, f32, false)  \
+    INT4_STAGED_INSTANCE(B, 2, f32, false)  \
+    INT4_STAGED_INSTANCE(B, 1, f16, true)   \
+    INT4_STAGED_INSTANCE(B, 2, f16, true)
+INT4_STAGED_INSTANCES(1)
+INT4_STAGED_INSTANCES(2)
+INT4_STAGED_INSTANCES(3)
+INT4_STAGED_INSTANCES(4)
+INT4_STAGED_INSTANCES(5)
+INT4_STAGED_INSTANCES(6)
+INT4_STAGED_INSTANCES(7)
+INT4_STAGED_INSTANCES(8)
+
 // Q8_0 (GGML): blocks of 34 bytes, f16 d then 32 int8; rows are K/32 blocks back to back.
 // Blocks are only 2-byte aligned, so a lane reads its block as 17 u16.
 template <int B>

@@ -7,8 +7,7 @@
 //! multiply-add or reassociate a sum: that is what keeps every level bit-identical.
 
 use crate::minifloat::Minifloat;
-use crate::quant::legacy::{e8m0_to_f32_half, floor_log2_f32, inv_or_zero, np_u8, KVALUES_MXFP4};
-use crate::quant::put_f16;
+use crate::quant::legacy::floor_log2_f32;
 
 /// Lanes of the split reductions (enough for one AVX-512 register of f32).
 const LANES: usize = 16;
@@ -17,38 +16,33 @@ const LANES: usize = 16;
 /// and max is order-independent on the rest, so per-lane maxima give the same value.
 #[inline(always)]
 pub(crate) fn absmax(x: &[f32]) -> f32 {
+    // `if v > acc { v } else { acc }` is `max` that keeps acc when v is NaN: one max
+    // instruction per vector, no NaN fix-ups (acc itself is never NaN).
     let mut acc = [0.0f32; LANES];
     let mut chunks = x.chunks_exact(LANES);
     for c in &mut chunks {
         for l in 0..LANES {
-            acc[l] = acc[l].max(c[l].abs());
+            let v = c[l].abs();
+            acc[l] = if v > acc[l] { v } else { acc[l] };
         }
     }
-    let mut m = 0.0f32;
+    // Tree reduction of the lanes.
+    let mut width = LANES / 2;
+    while width > 0 {
+        for l in 0..width {
+            acc[l] = if acc[l + width] > acc[l] {
+                acc[l + width]
+            } else {
+                acc[l]
+            };
+        }
+        width /= 2;
+    }
+    let mut m = acc[0];
     for &v in chunks.remainder() {
         m = m.max(v.abs());
     }
-    for a in acc {
-        m = m.max(a);
-    }
     m
-}
-
-/// The element of largest magnitude, first one on ties (scalar `signed_absmax`): the lane-split
-/// absmax, then the first element that reaches it. An all-zero (or all-NaN) block gives +0.0,
-/// like the scalar loop's initial value.
-#[inline(always)]
-pub(crate) fn signed_absmax(x: &[f32]) -> f32 {
-    let a = absmax(x);
-    if a == 0.0 {
-        return 0.0;
-    }
-    for &v in x {
-        if v.abs() == a {
-            return v;
-        }
-    }
-    0.0
 }
 
 /// `round(x / s)` clamped to [lo, hi], times s, in place (fake-quant `scale_round_clamp`).
@@ -175,76 +169,21 @@ pub(crate) fn minifloat_encode(f: &FastMinifloat, src: &[f32], dst: &mut [u8]) {
     }
 }
 
-/// Q8_0 blocks (scalar reference: `quant::legacy::q8_0`).
+/// `floor_log2_f32(a)` (numpy's f32 `floor(log2(a))`) for a > 0 without calling log2 in the
+/// common case: a = m 2^e with m < 1.999 gives e + log2(m) <= e + 0.99928, which rounds to
+/// an f32 below e + 1 for every |e| <= 149 (f32 spacing there is at most 2^-16), so the
+/// result is e. Mantissas closer to 2 may round up to e + 1: those take the reference path.
 #[inline(always)]
-pub(crate) fn q8_0(src: &[f32], dst: &mut [u8]) {
-    for (x, b) in src.chunks_exact(32).zip(dst.chunks_exact_mut(34)) {
-        let x: &[f32; 32] = x.try_into().unwrap();
-        let d = absmax(x) / 127.0;
-        let id = inv_or_zero(d);
-        put_f16(b, d);
-        let q: &mut [u8; 32] = (&mut b[2..34]).try_into().unwrap();
-        for i in 0..32 {
-            q[i] = np_u8((x[i] * id).round());
-        }
-    }
-}
-
-/// Q4_0 blocks (scalar reference: `quant::legacy::q4_0`).
-#[inline(always)]
-pub(crate) fn q4_0(src: &[f32], dst: &mut [u8]) {
-    for (x, b) in src.chunks_exact(32).zip(dst.chunks_exact_mut(18)) {
-        let x: &[f32; 32] = x.try_into().unwrap();
-        let d = signed_absmax(x) / -8.0;
-        let id = inv_or_zero(d);
-        let mut q = [0u8; 32];
-        for i in 0..32 {
-            q[i] = np_u8((x[i] * id + 8.5).trunc()).min(15);
-        }
-        put_f16(b, d);
-        let out: &mut [u8; 16] = (&mut b[2..18]).try_into().unwrap();
-        for l in 0..16 {
-            out[l] = (q[l] & 0x0F) | (q[l + 16] << 4);
-        }
-    }
-}
-
-/// MXFP4 blocks (scalar reference: `quant::legacy::mxfp4`). The nearest-entry search is
-/// interchanged (table entries outer, values inner) so 32 values are compared at once; each
-/// value still sees the entries in table order with a strict `<`, so ties and NaN resolve the
-/// same way (first entry).
-#[inline(always)]
-pub(crate) fn mxfp4(src: &[f32], dst: &mut [u8]) {
-    for (x, b) in src.chunks_exact(32).zip(dst.chunks_exact_mut(17)) {
-        let x: &[f32; 32] = x.try_into().unwrap();
-        let amax = absmax(x);
-        let e = if amax > 0.0 {
-            np_u8(floor_log2_f32(amax) - 2.0 + 127.0)
-        } else {
-            0
-        };
-        let d = e8m0_to_f32_half(e);
-        let mut best = [0u8; 32];
-        let mut best_err = [0f32; 32];
-        let t0 = KVALUES_MXFP4[0] * d;
-        for i in 0..32 {
-            best_err[i] = (t0 - x[i]).abs();
-        }
-        for (k, &t) in KVALUES_MXFP4.iter().enumerate().skip(1) {
-            let td = t * d;
-            for i in 0..32 {
-                let err = (td - x[i]).abs();
-                if err < best_err[i] {
-                    best_err[i] = err;
-                    best[i] = k as u8;
-                }
-            }
-        }
-        b[0] = e;
-        let out: &mut [u8; 16] = (&mut b[1..17]).try_into().unwrap();
-        for l in 0..16 {
-            out[l] = (best[l] & 0x0F) | (best[l + 16] << 4);
-        }
+pub(crate) fn floor_log2_fast(a: f32) -> f32 {
+    let b = (a as f64).to_bits();
+    let e = ((b >> 52) & 0x7ff) as i32 - 1023;
+    let frac = b & ((1u64 << 52) - 1);
+    // m < 1.999  <=>  frac < 0.999 * 2^52
+    const LIMIT: u64 = (0.999 * (1u64 << 52) as f64) as u64;
+    if a.is_finite() && a > 0.0 && frac < LIMIT {
+        e as f32
+    } else {
+        floor_log2_f32(a)
     }
 }
 
@@ -302,4 +241,40 @@ pub(crate) fn minifloat_groups(
         }
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn floor_log2_fast_matches_reference() {
+        let mut s = 0x2545_F491_4F6C_DD1Du64;
+        let check = |a: f32| {
+            assert_eq!(
+                floor_log2_fast(a).to_bits(),
+                floor_log2_f32(a).to_bits(),
+                "a = {a:e} ({:#x})",
+                a.to_bits()
+            );
+        };
+        for _ in 0..200_000 {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            let a = f32::from_bits((s >> 33) as u32); // positive, any exponent
+            check(a);
+        }
+        // Every binade: the powers of two, their neighbours and the fast-path limit.
+        for e in -149..=127 {
+            let p = 2f32.powi(e);
+            for d in -3i32..=3 {
+                check(f32::from_bits((p.to_bits() as i32).wrapping_add(d) as u32));
+            }
+            check(p * 1.999);
+            check(p * f32::from_bits(1.999f32.to_bits() - 1)); // just below the limit
+        }
+        check(f32::MAX);
+        check(f32::INFINITY);
+    }
 }

@@ -15,6 +15,8 @@ use std::sync::OnceLock;
 pub(crate) mod kernels;
 pub(crate) mod kq;
 #[cfg(target_arch = "x86_64")]
+pub(crate) mod q8;
+#[cfg(target_arch = "x86_64")]
 pub(crate) mod x86;
 
 /// An instruction-set level, ordered: a kernel for a level runs on every higher one.

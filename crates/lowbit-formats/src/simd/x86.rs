@@ -47,31 +47,20 @@ macro_rules! instantiate {
         }
 
         #[target_feature(enable = $features)]
-        pub(crate) unsafe fn q8_0(src: &[f32], dst: &mut [u8]) {
-            kernels::q8_0(src, dst)
-        }
-
-        #[target_feature(enable = $features)]
-        pub(crate) unsafe fn q4_0(src: &[f32], dst: &mut [u8]) {
-            kernels::q4_0(src, dst)
-        }
-
-        #[target_feature(enable = $features)]
         pub(crate) unsafe fn q4_k(src: &[f32], dst: &mut [u8]) {
             kq::q4_k::<$kq_lanes>(src, dst)
-        }
-
-        #[target_feature(enable = $features)]
-        pub(crate) unsafe fn mxfp4(src: &[f32], dst: &mut [u8]) {
-            kernels::mxfp4(src, dst)
         }
     };
 }
 
 pub(crate) mod avx2 {
     instantiate!("avx2,fma,f16c", 8);
+    pub(crate) use crate::simd::q8::{mxfp4_avx2 as mxfp4, q4_0_avx2 as q4_0, q8_0_avx2 as q8_0};
 }
 
 pub(crate) mod avx512 {
     instantiate!("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c", 16);
+    pub(crate) use crate::simd::q8::{
+        mxfp4_avx512 as mxfp4, q4_0_avx512 as q4_0, q8_0_avx512 as q8_0,
+    };
 }
