@@ -98,6 +98,21 @@ pub fn ensure_nvrtc() -> Result<()> {
 
 fn preload(path: &Path) -> std::result::Result<(), String> {
     use libloading::os::unix::{Library, RTLD_GLOBAL, RTLD_NOW};
+    // NVRTC opens its builtins library (libnvrtc-builtins.so.13.x) by soname at compile time; a
+    // wheel's lib folder is not on the search path, so load the one beside libnvrtc first.
+    if let Some(dir) = path.parent() {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with("libnvrtc-builtins.so") {
+                    // SAFETY: as below.
+                    if let Ok(b) = unsafe { Library::open(Some(e.path()), RTLD_NOW | RTLD_GLOBAL) } {
+                        std::mem::forget(b);
+                    }
+                }
+            }
+        }
+    }
     // SAFETY: NVRTC's initializers have no preconditions; the handle is leaked on purpose so
     // the library stays loaded for the life of the process.
     let lib = unsafe { Library::open(Some(path), RTLD_NOW | RTLD_GLOBAL) }
