@@ -16,7 +16,11 @@ mod bench;
 mod gpu;
 
 #[derive(Parser)]
-#[command(name = "lowbit", version, about = "Compress, evaluate and run large language models in low precision")]
+#[command(
+    name = "lowbit",
+    version,
+    about = "Compress, evaluate and run large language models in low precision"
+)]
 struct Cli {
     /// Worker threads (default: all cores).
     #[arg(short = 't', long, global = true)]
@@ -157,7 +161,10 @@ fn main() {
     reset_sigpipe();
     let cli = Cli::parse();
     if let Some(t) = cli.threads {
-        if let Err(e) = rayon::ThreadPoolBuilder::new().num_threads(t.max(1)).build_global() {
+        if let Err(e) = rayon::ThreadPoolBuilder::new()
+            .num_threads(t.max(1))
+            .build_global()
+        {
             eprintln!("lowbit: cannot set threads: {e}");
         }
     }
@@ -230,7 +237,9 @@ fn run(a: RunArgs) -> Result<()> {
     let mut sampler = Sampler::new(a.temperature, a.top_p, a.seed);
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    let mut stream = Utf8Stream { pending: Vec::new() };
+    let mut stream = Utf8Stream {
+        pending: Vec::new(),
+    };
     let mut text = a.prompt.clone();
     if !a.json {
         write!(out, "{}", a.prompt)?;
@@ -287,9 +296,13 @@ fn run(a: RunArgs) -> Result<()> {
 fn eval_ppl(a: PplArgs) -> Result<()> {
     let m = open(&a.model)?;
     let model = m.transformer()?;
-    let text = std::fs::read_to_string(&a.text).with_context(|| format!("cannot read text file {}", a.text.display()))?;
+    let text = std::fs::read_to_string(&a.text)
+        .with_context(|| format!("cannot read text file {}", a.text.display()))?;
     if a.ctx > m.config.max_position {
-        eprintln!("lowbit: warning: --ctx {} is beyond the model's trained context of {}", a.ctx, m.config.max_position);
+        eprintln!(
+            "lowbit: warning: --ctx {} is beyond the model's trained context of {}",
+            a.ctx, m.config.max_position
+        );
     }
     let add_bos = m.tokenizer.add_bos_by_default();
     let t0 = Instant::now();
@@ -308,8 +321,10 @@ fn eval_ppl(a: PplArgs) -> Result<()> {
     }
     let bar = indicatif::ProgressBar::new(total as u64);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} chunks  {msg}  [{elapsed_precise}, eta {eta}]")
-            .unwrap(),
+        indicatif::ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} chunks  {msg}  [{elapsed_precise}, eta {eta}]",
+        )
+        .unwrap(),
     );
     if a.json {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
@@ -348,7 +363,11 @@ fn info(a: InfoArgs) -> Result<()> {
         m.tokenizer.eos(),
         m.tokenizer.add_bos_by_default()
     );
-    println!("tensors: {}  bytes: {}", m.weights.names().count(), m.weights.total_bytes());
+    println!(
+        "tensors: {}  bytes: {}",
+        m.weights.names().count(),
+        m.weights.total_bytes()
+    );
     if a.tensors {
         for n in m.weights.names() {
             let e = m.weights.entry(n).unwrap();
@@ -371,7 +390,10 @@ fn formats(a: FormatsArgs) -> Result<()> {
             } else {
                 println!("{:<20} {:>7}  {:<9} description", "name", "bpw", "kind");
                 for f in list {
-                    println!("{:<20} {:>7.3}  {:<9} {}", f.name, f.bpw, f.kind, f.description);
+                    println!(
+                        "{:<20} {:>7.3}  {:<9} {}",
+                        f.name, f.bpw, f.kind, f.description
+                    );
                 }
             }
             Ok(())
@@ -387,19 +409,26 @@ enum Codec {
 }
 
 fn ggml_type_by_name(name: &str) -> Option<lowbit_formats::GgmlType> {
-    (0..64).filter_map(lowbit_formats::GgmlType::from_id).find(|t| t.name() == name)
+    (0..64)
+        .filter_map(lowbit_formats::GgmlType::from_id)
+        .find(|t| t.name() == name)
 }
 
 fn format_error(a: FormatErrorArgs, json: bool) -> Result<()> {
     let name = a.format.trim().to_ascii_lowercase();
-    let codec = match ggml_type_by_name(&name).filter(|t| lowbit_formats::quant::is_quantize_supported(*t)) {
+    let codec = match ggml_type_by_name(&name)
+        .filter(|t| lowbit_formats::quant::is_quantize_supported(*t))
+    {
         Some(t) => Codec::Ggml(t),
         None => {
             let spec_name = match a.group {
                 Some(g) if !name.contains("_g") => format!("{name}_g{g}"),
                 _ => name.clone(),
             };
-            Codec::Spec(lowbit_formats::QuantSpec::parse(&spec_name).map_err(|e| anyhow::anyhow!("--format {}: {}", a.format, e.0))?)
+            Codec::Spec(
+                lowbit_formats::QuantSpec::parse(&spec_name)
+                    .map_err(|e| anyhow::anyhow!("--format {}: {}", a.format, e.0))?,
+            )
         }
     };
     let m = open(&a.model)?;
@@ -463,10 +492,17 @@ fn format_error(a: FormatErrorArgs, json: bool) -> Result<()> {
             serde_json::json!({"format": a.format, "bpw": bpw, "tensors": rows, "elements": n_total, "sqnr_db": total_sqnr, "mse": noise_total / n_total.max(1) as f64})
         );
     } else {
-        println!("{:<56} {:>8} {:>12} {:>9} {:>10}", "tensor", "stored", "mse", "sqnr dB", "max err");
+        println!(
+            "{:<56} {:>8} {:>12} {:>9} {:>10}",
+            "tensor", "stored", "mse", "sqnr dB", "max err"
+        );
         for r in &rows {
             if let Some(s) = r.get("skipped") {
-                println!("{:<56} skipped: {}", r["tensor"].as_str().unwrap_or(""), s.as_str().unwrap_or(""));
+                println!(
+                    "{:<56} skipped: {}",
+                    r["tensor"].as_str().unwrap_or(""),
+                    s.as_str().unwrap_or("")
+                );
             } else {
                 println!(
                     "{:<56} {:>8} {:>12.4e} {:>9.2} {:>10.4}",
@@ -478,7 +514,10 @@ fn format_error(a: FormatErrorArgs, json: bool) -> Result<()> {
                 );
             }
         }
-        println!("{}: {bpw:.3} bits per weight, {n_total} weights, SQNR {total_sqnr:.2} dB overall", a.format);
+        println!(
+            "{}: {bpw:.3} bits per weight, {n_total} weights, SQNR {total_sqnr:.2} dB overall",
+            a.format
+        );
     }
     Ok(())
 }

@@ -52,7 +52,16 @@ fn quantize_then_eval_kld_and_run() {
         let out = tmp.join(method);
         let out_s = out.to_str().unwrap();
         let mut args = vec![
-            "quantize", "-m", &model, "-s", "int4_channel_sym", "--method", method, "--out", out_s, "--json",
+            "quantize",
+            "-m",
+            &model,
+            "-s",
+            "int4_channel_sym",
+            "--method",
+            method,
+            "--out",
+            out_s,
+            "--json",
         ];
         args.extend(extra.iter().copied());
         let (ok, stdout, stderr) = lowbit(&args);

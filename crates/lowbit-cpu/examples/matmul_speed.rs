@@ -5,7 +5,10 @@ use lowbit_cpu::{matmul, WeightMatrix};
 use lowbit_formats::GgmlType;
 
 fn main() {
-    let tokens: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(512);
+    let tokens: usize = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(512);
     for (ty, rows, cols) in [
         (GgmlType::Q8_0, 262144usize, 640usize),
         (GgmlType::Q4_K, 640, 2048),
@@ -13,7 +16,11 @@ fn main() {
         (GgmlType::Q5_0, 2048, 640),
         (GgmlType::F32, 2048, 640),
     ] {
-        let rows = if tokens > 4 && rows == 262144 { 32768 } else { rows };
+        let rows = if tokens > 4 && rows == 262144 {
+            32768
+        } else {
+            rows
+        };
         let nbytes = ty.byte_len(rows * cols).unwrap();
         // Random bytes with every 2-byte word's exponent tamed so f16 scales are finite.
         let mut s = 0x1234_5678u64;
@@ -21,11 +28,22 @@ fn main() {
             .map(|i| {
                 s = s.wrapping_mul(6364136223846793005).wrapping_add(1);
                 let b = (s >> 33) as u8;
-                if i % 2 == 1 { b & 0x3b } else { b }
+                if i % 2 == 1 {
+                    b & 0x3b
+                } else {
+                    b
+                }
             })
             .collect();
-        let x: Vec<f32> = (0..tokens * cols).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
-        let w = WeightMatrix { dtype: ty, rows, cols, data: &data };
+        let x: Vec<f32> = (0..tokens * cols)
+            .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
+            .collect();
+        let w = WeightMatrix {
+            dtype: ty,
+            rows,
+            cols,
+            data: &data,
+        };
         let mut y = vec![0f32; tokens * rows];
         matmul(&x, w, &mut y);
         let reps = 3;

@@ -17,14 +17,25 @@ pub struct KvCache {
 impl KvCache {
     pub fn new(n_kv_heads: usize, head_dim: usize, capacity: usize) -> Self {
         let n = n_kv_heads * head_dim * capacity;
-        KvCache { n_kv_heads, head_dim, capacity, k: vec![0.0; n], v: vec![0.0; n] }
+        KvCache {
+            n_kv_heads,
+            head_dim,
+            capacity,
+            k: vec![0.0; n],
+            v: vec![0.0; n],
+        }
     }
 
     /// Store keys and values (`tokens × n_kv_heads × head_dim`) for positions `pos0..`.
     pub fn write(&mut self, pos0: usize, k: &[f32], v: &[f32]) {
         let w = self.n_kv_heads * self.head_dim;
         let tokens = k.len() / w;
-        assert!(pos0 + tokens <= self.capacity, "KV cache overflow: {} > {}", pos0 + tokens, self.capacity);
+        assert!(
+            pos0 + tokens <= self.capacity,
+            "KV cache overflow: {} > {}",
+            pos0 + tokens,
+            self.capacity
+        );
         self.k[pos0 * w..(pos0 + tokens) * w].copy_from_slice(k);
         self.v[pos0 * w..(pos0 + tokens) * w].copy_from_slice(v);
     }
@@ -50,18 +61,30 @@ pub fn attention(
     let nkv = cache.n_kv_heads;
     let group = n_heads / nkv;
     let avx2 = crate::simd::has_avx2_fma();
-    out.par_chunks_mut(group * hd).enumerate().for_each_init(Vec::new, |scores: &mut Vec<f32>, (idx, o)| {
-        let job = Job { q, cache, n_heads, pos0, scale, window, t: idx / nkv, kvh: idx % nkv };
-        // The per-item work is its own function: a target feature does not reach into closures.
-        #[cfg(target_arch = "x86_64")]
-        if avx2 {
-            // SAFETY: the CPU supports AVX2 and FMA (checked at run time).
-            unsafe { attend_avx2(&job, scores, o) };
-            return;
-        }
-        let _ = avx2;
-        attend(&job, scores, o)
-    });
+    out.par_chunks_mut(group * hd).enumerate().for_each_init(
+        Vec::new,
+        |scores: &mut Vec<f32>, (idx, o)| {
+            let job = Job {
+                q,
+                cache,
+                n_heads,
+                pos0,
+                scale,
+                window,
+                t: idx / nkv,
+                kvh: idx % nkv,
+            };
+            // The per-item work is its own function: a target feature does not reach into closures.
+            #[cfg(target_arch = "x86_64")]
+            if avx2 {
+                // SAFETY: the CPU supports AVX2 and FMA (checked at run time).
+                unsafe { attend_avx2(&job, scores, o) };
+                return;
+            }
+            let _ = avx2;
+            attend(&job, scores, o)
+        },
+    );
 }
 
 /// One (token, KV head) item of [`attention`].
@@ -85,7 +108,16 @@ unsafe fn attend_avx2(job: &Job<'_>, scores: &mut Vec<f32>, o: &mut [f32]) {
 /// Attention of the query heads of KV head `kvh` at token `t`; `o` is `group × head_dim`.
 #[inline(always)]
 fn attend(job: &Job<'_>, scores: &mut Vec<f32>, o: &mut [f32]) {
-    let Job { q, cache, n_heads, pos0, scale, window, t, kvh } = *job;
+    let Job {
+        q,
+        cache,
+        n_heads,
+        pos0,
+        scale,
+        window,
+        t,
+        kvh,
+    } = *job;
     let hd = cache.head_dim;
     let nkv = cache.n_kv_heads;
     let group = n_heads / nkv;
@@ -134,7 +166,14 @@ fn softmax_inline(x: &mut [f32]) {
 }
 
 /// Plain reference: per query head, f64 scores and softmax.
-pub fn attention_reference(q: &[f32], cache: &KvCache, n_heads: usize, pos0: usize, scale: f32, window: Option<usize>) -> Vec<f32> {
+pub fn attention_reference(
+    q: &[f32],
+    cache: &KvCache,
+    n_heads: usize,
+    pos0: usize,
+    scale: f32,
+    window: Option<usize>,
+) -> Vec<f32> {
     let hd = cache.head_dim;
     let kw = cache.n_kv_heads * hd;
     let group = n_heads / cache.n_kv_heads;
@@ -147,13 +186,21 @@ pub fn attention_reference(q: &[f32], cache: &KvCache, n_heads: usize, pos0: usi
             let kvh = h / group;
             let qv = &q[(t * n_heads + h) * hd..(t * n_heads + h + 1) * hd];
             let s: Vec<f64> = (lo..=p)
-                .map(|j| (0..hd).map(|d| qv[d] as f64 * cache.k[j * kw + kvh * hd + d] as f64).sum::<f64>() * scale as f64)
+                .map(|j| {
+                    (0..hd)
+                        .map(|d| qv[d] as f64 * cache.k[j * kw + kvh * hd + d] as f64)
+                        .sum::<f64>()
+                        * scale as f64
+                })
                 .collect();
             let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
             let e: Vec<f64> = s.iter().map(|v| (v - m).exp()).collect();
             let z: f64 = e.iter().sum();
             for d in 0..hd {
-                let acc: f64 = (lo..=p).zip(&e).map(|(j, w)| w / z * cache.v[j * kw + kvh * hd + d] as f64).sum();
+                let acc: f64 = (lo..=p)
+                    .zip(&e)
+                    .map(|(j, w)| w / z * cache.v[j * kw + kvh * hd + d] as f64)
+                    .sum();
                 out[(t * n_heads + h) * hd + d] = acc as f32;
             }
         }

@@ -6,12 +6,12 @@
 //! (prefill) dequantize a block of rows at a time right before `gemm`, so a quantized model never
 //! exists as f32 in memory.
 
+pub mod attention;
 pub mod matmul;
 pub mod ops;
-pub mod attention;
-pub mod simd;
 pub mod q8act;
 pub mod quant_dot;
+pub mod simd;
 
 pub use matmul::{matmul, matmul_f32, matmul_q8, matmul_reference, WeightMatrix};
 pub use quant_dot::Isa;

@@ -85,7 +85,10 @@ pub fn fast_exp(x: f32) -> f32 {
     let n = (x * LOG2E + MAGIC) - MAGIC;
     let r = x - n * LN2_HI - n * LN2_LO;
     // Taylor coefficients 1/k! up to r^6.
-    let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
     // 2^n through the exponent bits; n in [-127, 128] after the clamp. Split in two factors so
     // n = 128 and n = -127 stay representable.
     let n = n as i32;
@@ -164,8 +167,16 @@ mod tests {
     fn rope_styles_agree_up_to_permutation() {
         // Interleaved on a permuted vector equals Neox on the original.
         let hd = 8;
-        let rope_n = Rope { style: RopeStyle::Neox, rot_dim: hd, inv_freq: vec![1.0, 0.1, 0.01, 0.001], mscale: 1.0 };
-        let rope_i = Rope { style: RopeStyle::Interleaved, ..rope_n.clone() };
+        let rope_n = Rope {
+            style: RopeStyle::Neox,
+            rot_dim: hd,
+            inv_freq: vec![1.0, 0.1, 0.01, 0.001],
+            mscale: 1.0,
+        };
+        let rope_i = Rope {
+            style: RopeStyle::Interleaved,
+            ..rope_n.clone()
+        };
         let x: Vec<f32> = (0..hd).map(|i| i as f32 * 0.3 - 1.0).collect();
         let perm: Vec<usize> = (0..hd / 2).flat_map(|i| [i, i + hd / 2]).collect();
         let mut a = x.clone();
@@ -205,9 +216,16 @@ mod tests {
         for i in -2000..2000 {
             let x = i as f32 * 0.005;
             let xf = x as f64;
-            let want = 0.5 * xf * (1.0 + ((2.0f64 / std::f64::consts::PI).sqrt() * (xf + 0.044715 * xf.powi(3))).tanh());
+            let want = 0.5
+                * xf
+                * (1.0
+                    + ((2.0f64 / std::f64::consts::PI).sqrt() * (xf + 0.044715 * xf.powi(3)))
+                        .tanh());
             let got = gelu_tanh(x) as f64;
-            assert!((got - want).abs() <= 1e-6 * (1.0 + want.abs()), "gelu({x}) = {got}, want {want}");
+            assert!(
+                (got - want).abs() <= 1e-6 * (1.0 + want.abs()),
+                "gelu({x}) = {got}, want {want}"
+            );
         }
     }
 

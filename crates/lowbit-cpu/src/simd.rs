@@ -57,7 +57,8 @@ fn sum_exp_shifted_body(x: &[f32], m: f32) -> f64 {
                 acc[i] += crate::ops::fast_exp(v[i] - m);
             }
         }
-        total += acc.iter().sum::<f32>() as f64 + r.iter().map(|v| crate::ops::fast_exp(v - m)).sum::<f32>() as f64;
+        total += acc.iter().sum::<f32>() as f64
+            + r.iter().map(|v| crate::ops::fast_exp(v - m)).sum::<f32>() as f64;
     }
     total
 }
@@ -73,14 +74,19 @@ pub fn max(x: &[f32]) -> f32 {
             acc[i] = acc[i].max(v[i]);
         }
     }
-    acc.iter().chain(r).copied().fold(f32::NEG_INFINITY, f32::max)
+    acc.iter()
+        .chain(r)
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max)
 }
 
 #[cfg(test)]
 mod tests {
     #[test]
     fn reductions_match_plain_sums() {
-        let x: Vec<f32> = (0..5000).map(|i| ((i * 37) % 101) as f32 * 0.01 - 0.5).collect();
+        let x: Vec<f32> = (0..5000)
+            .map(|i| ((i * 37) % 101) as f32 * 0.01 - 0.5)
+            .collect();
         let m = super::max(&x);
         assert_eq!(m, x.iter().copied().fold(f32::NEG_INFINITY, f32::max));
         let want: f64 = x.iter().map(|v| ((*v - m) as f64).exp()).sum();

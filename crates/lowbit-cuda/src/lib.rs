@@ -106,7 +106,8 @@ fn preload(path: &Path) -> std::result::Result<(), String> {
                 let name = e.file_name().to_string_lossy().into_owned();
                 if name.starts_with("libnvrtc-builtins.so") {
                     // SAFETY: as below.
-                    if let Ok(b) = unsafe { Library::open(Some(e.path()), RTLD_NOW | RTLD_GLOBAL) } {
+                    if let Ok(b) = unsafe { Library::open(Some(e.path()), RTLD_NOW | RTLD_GLOBAL) }
+                    {
                         std::mem::forget(b);
                     }
                 }

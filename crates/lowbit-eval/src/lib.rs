@@ -51,7 +51,10 @@ pub fn perplexity(
     }
     let available = tokens.len() / ctx;
     if available == 0 {
-        return Err(EvalError::TooShort { tokens: tokens.len(), ctx });
+        return Err(EvalError::TooShort {
+            tokens: tokens.len(),
+            ctx,
+        });
     }
     let chunks = max_chunks.map_or(available, |m| m.min(available));
     let first = ctx / 2;
@@ -84,7 +87,11 @@ pub fn perplexity(
     let mean = sum / count as f64;
     let var = sum2 / count as f64 - mean * mean;
     let ppl = mean.exp();
-    let ppl_stderr = if var > 0.0 && count > 1 { ppl * (var / (count - 1) as f64).sqrt() } else { 0.0 };
+    let ppl_stderr = if var > 0.0 && count > 1 {
+        ppl * (var / (count - 1) as f64).sqrt()
+    } else {
+        0.0
+    };
     Ok(PplResult {
         ppl,
         ppl_stderr,

@@ -3,25 +3,25 @@
 //! Pure Rust, no dependencies beyond `half`. Today it holds the llama.cpp (GGML) tensor types that
 //! model files use and their dequantization; element formats, rounding modes and encoders grow here.
 
-pub mod ggml;
+pub mod catalog;
+pub mod codebook;
 pub mod dequant;
+pub mod fake;
+pub mod ggml;
+pub mod minifloat;
+pub mod pack;
 pub mod quant;
 pub mod rounding;
-pub mod minifloat;
-pub mod codebook;
-pub mod spec;
-pub mod fake;
-pub mod stats;
-pub mod pack;
-pub mod catalog;
 pub mod simd;
+pub mod spec;
+pub mod stats;
 
-pub use ggml::GgmlType;
+pub use catalog::{catalog, FormatInfo};
 pub use dequant::{dequantize, dequantize_row, dequantize_rows, row_bytes};
+pub use fake::{fake_quantize, fake_quantized};
+pub use ggml::GgmlType;
 pub use quant::{quantize, quantize_rows};
 pub use spec::QuantSpec;
-pub use fake::{fake_quantize, fake_quantized};
-pub use catalog::{catalog, FormatInfo};
 
 /// Errors of this crate. Callers add the file and tensor name.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,7 +29,11 @@ pub enum FormatError {
     /// The number of elements is not a multiple of the type's block size.
     NotBlockAligned { ty: GgmlType, elements: usize },
     /// The byte slice does not hold exactly the expected number of bytes.
-    WrongByteLength { ty: GgmlType, expected: usize, got: usize },
+    WrongByteLength {
+        ty: GgmlType,
+        expected: usize,
+        got: usize,
+    },
     /// lowbit knows the type id but cannot decode it yet.
     Unsupported(GgmlType),
 }
@@ -48,7 +52,9 @@ impl std::fmt::Display for FormatError {
                 "{} data should be {expected} bytes, found {got}",
                 ty.name()
             ),
-            FormatError::Unsupported(ty) => write!(f, "tensor type {} is not supported yet", ty.name()),
+            FormatError::Unsupported(ty) => {
+                write!(f, "tensor type {} is not supported yet", ty.name())
+            }
         }
     }
 }

@@ -50,8 +50,15 @@ pub enum Activation {
 #[derive(Debug, Clone, PartialEq)]
 pub enum RopeScaling {
     None,
-    Linear { factor: f32 },
-    Llama3 { factor: f32, low_freq_factor: f32, high_freq_factor: f32, original_max_position: f32 },
+    Linear {
+        factor: f32,
+    },
+    Llama3 {
+        factor: f32,
+        low_freq_factor: f32,
+        high_freq_factor: f32,
+        original_max_position: f32,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -120,7 +127,12 @@ impl ModelConfig {
         match self.rope_scaling {
             RopeScaling::None => {}
             RopeScaling::Linear { factor } => inv.iter_mut().for_each(|f| *f /= factor),
-            RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position } => {
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position,
+            } => {
                 let low_wavelen = original_max_position / low_freq_factor;
                 let high_wavelen = original_max_position / high_freq_factor;
                 for f in inv.iter_mut() {
@@ -130,7 +142,8 @@ impl ModelConfig {
                     } else if wavelen > low_wavelen {
                         *f /= factor;
                     } else {
-                        let smooth = (original_max_position / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                        let smooth = (original_max_position / wavelen - low_freq_factor)
+                            / (high_freq_factor - low_freq_factor);
                         *f = (1.0 - smooth) * *f / factor + smooth * *f;
                     }
                 }
@@ -142,24 +155,42 @@ impl ModelConfig {
     /// Checks the numbers make sense together, so architectures can index without surprises.
     pub fn validate(&self, path: &Path) -> Result<()> {
         let bad = |m: String| Err(ModelError::format(path, m));
-        if self.hidden_size == 0 || self.num_layers == 0 || self.num_heads == 0 || self.num_kv_heads == 0 || self.head_dim == 0 {
+        if self.hidden_size == 0
+            || self.num_layers == 0
+            || self.num_heads == 0
+            || self.num_kv_heads == 0
+            || self.head_dim == 0
+        {
             return bad(format!("config has a zero dimension: {self:?}"));
         }
         if self.num_heads % self.num_kv_heads != 0 {
-            return bad(format!("{} attention heads is not a multiple of {} KV heads", self.num_heads, self.num_kv_heads));
+            return bad(format!(
+                "{} attention heads is not a multiple of {} KV heads",
+                self.num_heads, self.num_kv_heads
+            ));
         }
         if self.head_dim % 2 != 0 {
-            return bad(format!("head_dim {} is odd; rope needs pairs", self.head_dim));
+            return bad(format!(
+                "head_dim {} is odd; rope needs pairs",
+                self.head_dim
+            ));
         }
         if self.layer_window.len() != self.num_layers {
             return bad("layer window list does not match the layer count".into());
         }
-        if self.hidden_size > 1 << 20 || self.num_layers > 4096 || self.vocab_size > 1 << 24 || self.num_heads > 4096 {
+        if self.hidden_size > 1 << 20
+            || self.num_layers > 4096
+            || self.vocab_size > 1 << 24
+            || self.num_heads > 4096
+        {
             return bad("config dimensions are absurdly large".into());
         }
         if let Some(m) = &self.moe {
             if m.top_k == 0 || m.top_k > m.num_experts {
-                return bad(format!("MoE top_k {} with {} experts", m.top_k, m.num_experts));
+                return bad(format!(
+                    "MoE top_k {} with {} experts",
+                    m.top_k, m.num_experts
+                ));
             }
         }
         Ok(())
@@ -186,7 +217,10 @@ fn first_id(v: Option<&Value>) -> Option<u32> {
 /// Build the config from an HF `config.json` value. `path` is used in error messages.
 pub fn from_hf_config(cfg: &Value, path: &Path) -> Result<ModelConfig> {
     // Multimodal wrappers keep the language model under text_config.
-    let cfg = cfg.get("text_config").filter(|t| t.get("hidden_size").is_some()).unwrap_or(cfg);
+    let cfg = cfg
+        .get("text_config")
+        .filter(|t| t.get("hidden_size").is_some())
+        .unwrap_or(cfg);
     let model_type = cfg.get("model_type").and_then(|v| v.as_str()).unwrap_or("");
     let arch = match model_type {
         "llama" | "mistral" => Arch::Llama,
@@ -203,7 +237,10 @@ pub fn from_hf_config(cfg: &Value, path: &Path) -> Result<ModelConfig> {
             ))
         }
     };
-    let need = |k: &str| get_usize(cfg, k).ok_or_else(|| ModelError::format(path, format!("config.json lacks '{k}'")));
+    let need = |k: &str| {
+        get_usize(cfg, k)
+            .ok_or_else(|| ModelError::format(path, format!("config.json lacks '{k}'")))
+    };
     let hidden_size = need("hidden_size")?;
     let num_heads = need("num_attention_heads")?;
     let num_layers = need("num_hidden_layers")?;
@@ -217,11 +254,18 @@ pub fn from_hf_config(cfg: &Value, path: &Path) -> Result<ModelConfig> {
     let rope_theta = get_f32(cfg, "rope_theta")
         .or_else(|| global_params.and_then(|r| get_f32(r, "rope_theta")))
         .unwrap_or(10000.0);
-    let scaling_v = cfg.get("rope_scaling").filter(|v| !v.is_null()).or(global_params);
+    let scaling_v = cfg
+        .get("rope_scaling")
+        .filter(|v| !v.is_null())
+        .or(global_params);
     let rope_scaling = match scaling_v {
         None => RopeScaling::None,
         Some(s) => {
-            let kind = s.get("rope_type").or_else(|| s.get("type")).and_then(|v| v.as_str()).unwrap_or("default");
+            let kind = s
+                .get("rope_type")
+                .or_else(|| s.get("type"))
+                .and_then(|v| v.as_str())
+                .unwrap_or("default");
             let factor = get_f32(s, "factor").unwrap_or(1.0);
             match kind {
                 "default" => RopeScaling::None,
@@ -230,9 +274,15 @@ pub fn from_hf_config(cfg: &Value, path: &Path) -> Result<ModelConfig> {
                     factor,
                     low_freq_factor: get_f32(s, "low_freq_factor").unwrap_or(1.0),
                     high_freq_factor: get_f32(s, "high_freq_factor").unwrap_or(4.0),
-                    original_max_position: get_f32(s, "original_max_position_embeddings").unwrap_or(8192.0),
+                    original_max_position: get_f32(s, "original_max_position_embeddings")
+                        .unwrap_or(8192.0),
                 },
-                other => return Err(ModelError::unsupported(path, format!("rope scaling '{other}' is not supported"))),
+                other => {
+                    return Err(ModelError::unsupported(
+                        path,
+                        format!("rope scaling '{other}' is not supported"),
+                    ))
+                }
             }
         }
     };
@@ -301,7 +351,11 @@ pub fn from_hf_config(cfg: &Value, path: &Path) -> Result<ModelConfig> {
             let mlp_only: Vec<usize> = cfg
                 .get("mlp_only_layers")
                 .and_then(|v| v.as_array())
-                .map(|a| a.iter().filter_map(|x| x.as_u64().map(|x| x as usize)).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|x| x.as_u64().map(|x| x as usize))
+                        .collect()
+                })
                 .unwrap_or_default();
             let num_experts = get_usize(cfg, "num_experts")
                 .or_else(|| get_usize(cfg, "num_local_experts"))
@@ -340,7 +394,8 @@ pub fn from_hf_config(cfg: &Value, path: &Path) -> Result<ModelConfig> {
         rope_scaling,
         rope_style: RopeStyle::Neox,
         tie_word_embeddings: get_bool(cfg, "tie_word_embeddings").unwrap_or(arch == Arch::Gemma3),
-        attention_bias: get_bool(cfg, "attention_bias").unwrap_or(matches!(arch, Arch::Qwen2 | Arch::Qwen2Moe)),
+        attention_bias: get_bool(cfg, "attention_bias")
+            .unwrap_or(matches!(arch, Arch::Qwen2 | Arch::Qwen2Moe)),
         qk_norm: matches!(arch, Arch::Qwen3 | Arch::Qwen3Moe | Arch::Gemma3),
         layer_window,
         embedding_scale,

@@ -4,13 +4,20 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// The file is malformed: truncated, corrupt, lying about sizes.
     #[error("{path}: {msg}")]
     Format { path: PathBuf, msg: String },
     /// A tensor is missing, has the wrong shape or an unsupported type.
     #[error("{path}: tensor '{tensor}': {msg}")]
-    Tensor { path: PathBuf, tensor: String, msg: String },
+    Tensor {
+        path: PathBuf,
+        tensor: String,
+        msg: String,
+    },
     /// The model is well-formed but lowbit cannot run it (unknown architecture, missing tokenizer, ...).
     #[error("{path}: {msg}")]
     Unsupported { path: PathBuf, msg: String },
@@ -20,16 +27,33 @@ pub enum ModelError {
 
 impl ModelError {
     pub fn format(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
-        ModelError::Format { path: path.into(), msg: msg.into() }
+        ModelError::Format {
+            path: path.into(),
+            msg: msg.into(),
+        }
     }
-    pub fn tensor(path: impl Into<PathBuf>, tensor: impl Into<String>, msg: impl Into<String>) -> Self {
-        ModelError::Tensor { path: path.into(), tensor: tensor.into(), msg: msg.into() }
+    pub fn tensor(
+        path: impl Into<PathBuf>,
+        tensor: impl Into<String>,
+        msg: impl Into<String>,
+    ) -> Self {
+        ModelError::Tensor {
+            path: path.into(),
+            tensor: tensor.into(),
+            msg: msg.into(),
+        }
     }
     pub fn unsupported(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
-        ModelError::Unsupported { path: path.into(), msg: msg.into() }
+        ModelError::Unsupported {
+            path: path.into(),
+            msg: msg.into(),
+        }
     }
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        ModelError::Io { path: path.into(), source }
+        ModelError::Io {
+            path: path.into(),
+            source,
+        }
     }
 }
 

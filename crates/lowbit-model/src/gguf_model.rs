@@ -53,18 +53,39 @@ pub fn config_from_gguf(g: &GgufFile, w: &WeightStore) -> Result<ModelConfig> {
     };
     let arch = arch_of(path, &arch_name)?;
     // Mixtral is stored as "llama" with expert tensors.
-    let arch = if arch == Arch::Llama && g.metadata.contains_key(&format!("{arch_name}.expert_count")) { Arch::Mixtral } else { arch };
+    let arch = if arch == Arch::Llama
+        && g.metadata
+            .contains_key(&format!("{arch_name}.expert_count"))
+    {
+        Arch::Mixtral
+    } else {
+        arch
+    };
     let key = |k: &str| format!("{arch_name}.{k}");
     let get = |k: &str| num(g.metadata.get(&key(k)));
-    let need = |k: &str| get(k).map(|v| v as usize).ok_or_else(|| ModelError::format(path, format!("GGUF lacks {}", key(k))));
+    let need = |k: &str| {
+        get(k)
+            .map(|v| v as usize)
+            .ok_or_else(|| ModelError::format(path, format!("GGUF lacks {}", key(k))))
+    };
     let hidden_size = need("embedding_length")?;
     let num_layers = need("block_count")?;
     let num_heads = need("attention.head_count")?;
-    let num_kv_heads = get("attention.head_count_kv").map(|v| v as usize).unwrap_or(num_heads);
-    let head_dim = get("attention.key_length").map(|v| v as usize).unwrap_or(hidden_size / num_heads.max(1));
+    let num_kv_heads = get("attention.head_count_kv")
+        .map(|v| v as usize)
+        .unwrap_or(num_heads);
+    let head_dim = get("attention.key_length")
+        .map(|v| v as usize)
+        .unwrap_or(hidden_size / num_heads.max(1));
     let vocab_size = match w.entry("token_embd.weight") {
         Some(e) if e.shape.len() == 2 => e.shape[0],
-        _ => return Err(ModelError::tensor(path, "token_embd.weight", "missing or not 2-D")),
+        _ => {
+            return Err(ModelError::tensor(
+                path,
+                "token_embd.weight",
+                "missing or not 2-D",
+            ))
+        }
     };
     let rope_theta = get("rope.freq_base").unwrap_or(10000.0) as f32;
     let scaling_type = match g.metadata.get(&key("rope.scaling.type")) {
@@ -75,7 +96,12 @@ pub fn config_from_gguf(g: &GgufFile, w: &WeightStore) -> Result<ModelConfig> {
     let rope_scaling = match scaling_type.as_str() {
         "linear" if factor != 1.0 => RopeScaling::Linear { factor },
         "none" | "linear" => RopeScaling::None,
-        other => return Err(ModelError::unsupported(path, format!("rope scaling '{other}' is not supported"))),
+        other => {
+            return Err(ModelError::unsupported(
+                path,
+                format!("rope scaling '{other}' is not supported"),
+            ))
+        }
     };
     let mut layer_window = vec![None; num_layers];
     let sliding = get("attention.sliding_window").map(|v| v as usize);
@@ -94,7 +120,11 @@ pub fn config_from_gguf(g: &GgufFile, w: &WeightStore) -> Result<ModelConfig> {
         rope_local_theta: None,
         rope_scaling,
         // llama.cpp's converter permutes Q/K of llama-arch models for its adjacent-pair rope.
-        rope_style: if matches!(arch, Arch::Llama | Arch::Mixtral) { RopeStyle::Interleaved } else { RopeStyle::Neox },
+        rope_style: if matches!(arch, Arch::Llama | Arch::Mixtral) {
+            RopeStyle::Interleaved
+        } else {
+            RopeStyle::Neox
+        },
         tie_word_embeddings: !w.contains("output.weight"),
         attention_bias: w.contains("blk.0.attn_q.bias"),
         qk_norm: w.contains("blk.0.attn_q_norm.weight"),
@@ -132,7 +162,9 @@ pub fn config_from_gguf(g: &GgufFile, w: &WeightStore) -> Result<ModelConfig> {
     }
     cfg.layer_window = layer_window;
     if let Some(n) = get("expert_count").map(|v| v as usize).filter(|&n| n > 0) {
-        let shared = get("expert_shared_feed_forward_length").map(|v| v as usize).filter(|&s| s > 0);
+        let shared = get("expert_shared_feed_forward_length")
+            .map(|v| v as usize)
+            .filter(|&s| s > 0);
         cfg.moe = Some(MoeConfig {
             num_experts: n,
             top_k: need("expert_used_count")?,
@@ -141,9 +173,13 @@ pub fn config_from_gguf(g: &GgufFile, w: &WeightStore) -> Result<ModelConfig> {
                 Arch::Qwen3Moe => get("expert_weights_norm").map(|v| v != 0.0).unwrap_or(true),
                 _ => true,
             },
-            expert_intermediate_size: get("expert_feed_forward_length").map(|v| v as usize).unwrap_or(cfg.intermediate_size),
+            expert_intermediate_size: get("expert_feed_forward_length")
+                .map(|v| v as usize)
+                .unwrap_or(cfg.intermediate_size),
             shared_expert_intermediate_size: shared,
-            dense_layers: (0..num_layers).filter(|i| !w.contains(&format!("blk.{i}.ffn_gate_inp.weight"))).collect(),
+            dense_layers: (0..num_layers)
+                .filter(|i| !w.contains(&format!("blk.{i}.ffn_gate_inp.weight")))
+                .collect(),
         });
     }
     cfg.validate(path)?;

@@ -374,20 +374,27 @@ fn parse_raw_header(path: &Path, bytes: &[u8]) -> Result<(usize, BTreeMap<String
     }
     let header_len = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
     if header_len > MAX_HEADER_LEN || header_len > (bytes.len() - 8) as u64 {
-        return Err(err(format!("safetensors header length {header_len} does not fit the file")));
+        return Err(err(format!(
+            "safetensors header length {header_len} does not fit the file"
+        )));
     }
     let data_offset = 8 + header_len as usize;
     let data_len = bytes.len() - data_offset;
     let json: serde_json::Value = serde_json::from_slice(&bytes[8..data_offset])
         .map_err(|e| err(format!("safetensors header is not valid JSON: {e}")))?;
-    let map = json.as_object().ok_or_else(|| err("safetensors header is not a JSON object".into()))?;
+    let map = json
+        .as_object()
+        .ok_or_else(|| err("safetensors header is not a JSON object".into()))?;
     let mut out = BTreeMap::new();
     for (name, info) in map {
         if name == "__metadata__" {
             continue;
         }
         let terr = |m: String| ModelError::tensor(path, name, m);
-        let dtype = info.get("dtype").and_then(|v| v.as_str()).ok_or_else(|| terr("missing dtype".into()))?;
+        let dtype = info
+            .get("dtype")
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| terr("missing dtype".into()))?;
         let size = raw_dtype_size(dtype).ok_or_else(|| terr(format!("unknown dtype {dtype}")))?;
         let shape: Vec<usize> = info
             .get("shape")
@@ -400,11 +407,24 @@ fn parse_raw_header(path: &Path, bytes: &[u8]) -> Result<(usize, BTreeMap<String
             .filter(|a| a.len() == 2)
             .and_then(|a| Some((a[0].as_u64()? as usize, a[1].as_u64()? as usize)))
             .ok_or_else(|| terr("bad data_offsets".into()))?;
-        let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).and_then(|n| n.checked_mul(size));
+        let n = shape
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .and_then(|n| n.checked_mul(size));
         if offs.0 > offs.1 || offs.1 > data_len || n != Some(offs.1 - offs.0) {
-            return Err(terr(format!("data_offsets {offs:?} do not hold shape {shape:?} of {dtype} inside the file")));
+            return Err(terr(format!(
+                "data_offsets {offs:?} do not hold shape {shape:?} of {dtype} inside the file"
+            )));
         }
-        out.insert(name.clone(), RawTensor { dtype: dtype.to_string(), shape, start: offs.0, end: offs.1 });
+        out.insert(
+            name.clone(),
+            RawTensor {
+                dtype: dtype.to_string(),
+                shape,
+                start: offs.0,
+                end: offs.1,
+            },
+        );
     }
     Ok((data_offset, out))
 }
@@ -412,25 +432,59 @@ fn parse_raw_header(path: &Path, bytes: &[u8]) -> Result<(usize, BTreeMap<String
 fn raw_to_f32(path: &Path, name: &str, t: &RawTensor, data: &[u8]) -> Result<Vec<f32>> {
     let b = &data[t.start..t.end];
     Ok(match t.dtype.as_str() {
-        "F32" => b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4"))).collect(),
-        "F16" => b.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-        "BF16" => b.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-        d => return Err(ModelError::tensor(path, name, format!("expected a float tensor, found {d}"))),
+        "F32" => b
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().expect("4")))
+            .collect(),
+        "F16" => b
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        "BF16" => b
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        d => {
+            return Err(ModelError::tensor(
+                path,
+                name,
+                format!("expected a float tensor, found {d}"),
+            ))
+        }
     })
 }
 
 fn raw_to_i64(path: &Path, name: &str, t: &RawTensor, data: &[u8]) -> Result<Vec<i64>> {
     let b = &data[t.start..t.end];
     Ok(match t.dtype.as_str() {
-        "I64" => b.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8"))).collect(),
-        "I32" => b.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().expect("4")) as i64).collect(),
+        "I64" => b
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().expect("8")))
+            .collect(),
+        "I32" => b
+            .chunks_exact(4)
+            .map(|c| i32::from_le_bytes(c.try_into().expect("4")) as i64)
+            .collect(),
         "I8" => b.iter().map(|&c| c as i8 as i64).collect(),
-        d => return Err(ModelError::tensor(path, name, format!("expected an integer tensor, found {d}"))),
+        d => {
+            return Err(ModelError::tensor(
+                path,
+                name,
+                format!("expected an integer tensor, found {d}"),
+            ))
+        }
     })
 }
 
 /// Scale of (row, col) from a scale tensor of shape [rows, groups], [rows, 1], [rows] or [1].
-fn scale_at(scales: &[f32], shape: &[usize], rows: usize, cols: usize, r: usize, c: usize) -> Option<f32> {
+fn scale_at(
+    scales: &[f32],
+    shape: &[usize],
+    rows: usize,
+    cols: usize,
+    r: usize,
+    c: usize,
+) -> Option<f32> {
     let n = scales.len();
     if n == 1 {
         return Some(scales[0]);
@@ -463,7 +517,12 @@ pub fn open_compressed_tensors(file: &Path, config: &serde_json::Value) -> Resul
     let num_bits = wargs.get("num_bits").and_then(|v| v.as_u64()).unwrap_or(8) as u32;
     let mut out: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
     let mut plain: Vec<(String, GgmlType, Vec<usize>, Vec<u8>)> = Vec::new();
-    let aux = [".weight_scale", ".weight_zero_point", ".weight_shape", ".weight_g_idx"];
+    let aux = [
+        ".weight_scale",
+        ".weight_zero_point",
+        ".weight_shape",
+        ".weight_g_idx",
+    ];
     for (name, t) in &tensors {
         if aux.iter().any(|s| name.ends_with(s)) {
             continue;
@@ -471,12 +530,19 @@ pub fn open_compressed_tensors(file: &Path, config: &serde_json::Value) -> Resul
         let terr = |m: String| ModelError::tensor(file, name, m);
         if let Some(module) = name.strip_suffix(".weight_packed") {
             if t.dtype != "I32" || t.shape.len() != 2 {
-                return Err(terr(format!("expected I32 [rows, words], found {} {:?}", t.dtype, t.shape)));
+                return Err(terr(format!(
+                    "expected I32 [rows, words], found {} {:?}",
+                    t.dtype, t.shape
+                )));
             }
             if !(1..=8).contains(&num_bits) {
                 return Err(terr(format!("num_bits {num_bits} is not 1..8")));
             }
-            let get = |s: &str| tensors.get(&format!("{module}{s}")).ok_or_else(|| terr(format!("{module}{s} is missing")));
+            let get = |s: &str| {
+                tensors
+                    .get(&format!("{module}{s}"))
+                    .ok_or_else(|| terr(format!("{module}{s} is missing")))
+            };
             let shape = raw_to_i64(file, name, get(".weight_shape")?, data)?;
             let (rows, cols) = match shape[..] {
                 [r, c] if r > 0 && c > 0 => (r as usize, c as usize),
@@ -484,17 +550,24 @@ pub fn open_compressed_tensors(file: &Path, config: &serde_json::Value) -> Resul
             };
             let words = (cols * num_bits as usize).div_ceil(32);
             if t.shape != [rows, words] {
-                return Err(terr(format!("shape {:?} does not pack [{rows}, {cols}] at {num_bits} bits", t.shape)));
+                return Err(terr(format!(
+                    "shape {:?} does not pack [{rows}, {cols}] at {num_bits} bits",
+                    t.shape
+                )));
             }
             let st = get(".weight_scale")?;
             let scales = raw_to_f32(file, &format!("{module}.weight_scale"), st, data)?;
             let offset = 1i32 << (num_bits - 1);
             // Zero points [rows, groups], packed along rows, when asymmetric.
-            let zeros: Option<Vec<i32>> = match tensors.get(&format!("{module}.weight_zero_point")) {
+            let zeros: Option<Vec<i32>> = match tensors.get(&format!("{module}.weight_zero_point"))
+            {
                 None => None,
                 Some(zt) if zt.dtype == "I32" && zt.shape.len() == 2 => {
                     let groups = zt.shape[1];
-                    let zw: Vec<u32> = data[zt.start..zt.end].chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().expect("4"))).collect();
+                    let zw: Vec<u32> = data[zt.start..zt.end]
+                        .chunks_exact(4)
+                        .map(|c| u32::from_le_bytes(c.try_into().expect("4")))
+                        .collect();
                     let zwords = zt.shape[0];
                     let mut z = vec![0i32; rows * groups];
                     let mut col = vec![0u32; zwords];
@@ -503,23 +576,41 @@ pub fn open_compressed_tensors(file: &Path, config: &serde_json::Value) -> Resul
                         for (w, c) in col.iter_mut().enumerate() {
                             *c = zw[w * groups + g];
                         }
-                        lowbit_formats::pack::unpack_into(&col, num_bits, &mut codes).map_err(|e| terr(e))?;
+                        lowbit_formats::pack::unpack_into(&col, num_bits, &mut codes)
+                            .map_err(|e| terr(e))?;
                         for r in 0..rows {
                             z[r * groups + g] = codes[r] as i32 - offset;
                         }
                     }
                     Some(z)
                 }
-                Some(zt) => Some(raw_to_i64(file, name, zt, data)?.into_iter().map(|v| v as i32).collect()),
+                Some(zt) => Some(
+                    raw_to_i64(file, name, zt, data)?
+                        .into_iter()
+                        .map(|v| v as i32)
+                        .collect(),
+                ),
             };
-            let words_all: Vec<u32> = data[t.start..t.end].chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().expect("4"))).collect();
+            let words_all: Vec<u32> = data[t.start..t.end]
+                .chunks_exact(4)
+                .map(|c| u32::from_le_bytes(c.try_into().expect("4")))
+                .collect();
             let mut vals = vec![0f32; rows * cols];
             let mut codes = vec![0u8; cols];
             for r in 0..rows {
-                lowbit_formats::pack::unpack_into(&words_all[r * words..(r + 1) * words], num_bits, &mut codes).map_err(|e| terr(e))?;
+                lowbit_formats::pack::unpack_into(
+                    &words_all[r * words..(r + 1) * words],
+                    num_bits,
+                    &mut codes,
+                )
+                .map_err(|e| terr(e))?;
                 for c in 0..cols {
-                    let s = scale_at(&scales, &st.shape, rows, cols, r, c)
-                        .ok_or_else(|| terr(format!("scale shape {:?} does not fit [{rows}, {cols}]", st.shape)))?;
+                    let s = scale_at(&scales, &st.shape, rows, cols, r, c).ok_or_else(|| {
+                        terr(format!(
+                            "scale shape {:?} does not fit [{rows}, {cols}]",
+                            st.shape
+                        ))
+                    })?;
                     let z = match &zeros {
                         None => 0,
                         Some(z) if z.len() == 1 => z[0],
@@ -533,27 +624,44 @@ pub fn open_compressed_tensors(file: &Path, config: &serde_json::Value) -> Resul
             }
             out.push((format!("{module}.weight"), vec![rows, cols], vals));
         } else if t.dtype == "F8_E4M3" {
-            let module = name.strip_suffix(".weight").ok_or_else(|| terr("FP8 tensor that is not a .weight".into()))?;
+            let module = name
+                .strip_suffix(".weight")
+                .ok_or_else(|| terr("FP8 tensor that is not a .weight".into()))?;
             if t.shape.len() != 2 {
-                return Err(terr(format!("expected a 2-D FP8 weight, found {:?}", t.shape)));
+                return Err(terr(format!(
+                    "expected a 2-D FP8 weight, found {:?}",
+                    t.shape
+                )));
             }
             let (rows, cols) = (t.shape[0], t.shape[1]);
-            let st = tensors.get(&format!("{module}.weight_scale")).ok_or_else(|| terr("weight_scale is missing".into()))?;
+            let st = tensors
+                .get(&format!("{module}.weight_scale"))
+                .ok_or_else(|| terr("weight_scale is missing".into()))?;
             let scales = raw_to_f32(file, &format!("{module}.weight_scale"), st, data)?;
             let e4m3 = lowbit_formats::minifloat::Minifloat::E4M3FN;
             let codes = &data[t.start..t.end];
             let mut vals = vec![0f32; rows * cols];
             for r in 0..rows {
                 for c in 0..cols {
-                    let s = scale_at(&scales, &st.shape, rows, cols, r, c)
-                        .ok_or_else(|| terr(format!("scale shape {:?} does not fit [{rows}, {cols}]", st.shape)))?;
+                    let s = scale_at(&scales, &st.shape, rows, cols, r, c).ok_or_else(|| {
+                        terr(format!(
+                            "scale shape {:?} does not fit [{rows}, {cols}]",
+                            st.shape
+                        ))
+                    })?;
                     vals[r * cols + c] = e4m3.decode(codes[r * cols + c] as u32) * s;
                 }
             }
             out.push((name.clone(), vec![rows, cols], vals));
         } else {
-            let dtype = dtype_of(&t.dtype).ok_or_else(|| terr(format!("dtype {} is not supported here", t.dtype)))?;
-            plain.push((name.clone(), dtype, t.shape.clone(), data[t.start..t.end].to_vec()));
+            let dtype = dtype_of(&t.dtype)
+                .ok_or_else(|| terr(format!("dtype {} is not supported here", t.dtype)))?;
+            plain.push((
+                name.clone(),
+                dtype,
+                t.shape.clone(),
+                data[t.start..t.end].to_vec(),
+            ));
         }
     }
     let mut buf = Vec::new();
@@ -571,7 +679,16 @@ pub fn open_compressed_tensors(file: &Path, config: &serde_json::Value) -> Resul
     let mut store = WeightStore::new(file);
     let b = store.add_backing(Backing::Owned(buf));
     for (name, dtype, shape, offset, len) in entries {
-        store.insert(name, TensorEntry { dtype, shape, backing: b, offset, len })?;
+        store.insert(
+            name,
+            TensorEntry {
+                dtype,
+                shape,
+                backing: b,
+                offset,
+                len,
+            },
+        )?;
     }
     Ok(store)
 }

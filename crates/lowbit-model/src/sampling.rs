@@ -30,7 +30,11 @@ pub struct Sampler {
 
 impl Sampler {
     pub fn new(temperature: f32, top_p: f32, seed: u64) -> Self {
-        Sampler { temperature, top_p, rng: SplitMix64::new(seed) }
+        Sampler {
+            temperature,
+            top_p,
+            rng: SplitMix64::new(seed),
+        }
     }
 
     pub fn greedy() -> Self {
@@ -42,7 +46,11 @@ impl Sampler {
         if self.temperature <= 0.0 {
             return argmax(logits) as u32;
         }
-        let mut probs: Vec<(usize, f64)> = logits.iter().map(|&l| (l / self.temperature) as f64).enumerate().collect();
+        let mut probs: Vec<(usize, f64)> = logits
+            .iter()
+            .map(|&l| (l / self.temperature) as f64)
+            .enumerate()
+            .collect();
         let m = probs.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max);
         let mut sum = 0.0;
         for p in probs.iter_mut() {
@@ -98,8 +106,14 @@ mod tests {
     fn greedy_is_argmax_and_seeded_sampling_repeats() {
         let logits = [0.1f32, 2.0, 1.9, -1.0];
         assert_eq!(Sampler::greedy().sample(&logits), 1);
-        let a: Vec<u32> = { let mut s = Sampler::new(1.0, 0.9, 7); (0..50).map(|_| s.sample(&logits)).collect() };
-        let b: Vec<u32> = { let mut s = Sampler::new(1.0, 0.9, 7); (0..50).map(|_| s.sample(&logits)).collect() };
+        let a: Vec<u32> = {
+            let mut s = Sampler::new(1.0, 0.9, 7);
+            (0..50).map(|_| s.sample(&logits)).collect()
+        };
+        let b: Vec<u32> = {
+            let mut s = Sampler::new(1.0, 0.9, 7);
+            (0..50).map(|_| s.sample(&logits)).collect()
+        };
         assert_eq!(a, b);
         // top_p 0.9 excludes the smallest-probability token.
         assert!(!a.contains(&3));

@@ -27,19 +27,26 @@ impl LoadedModel {
 fn is_gguf(path: &Path) -> bool {
     use std::io::Read;
     let mut magic = [0u8; 4];
-    std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut magic)).is_ok() && &magic == b"GGUF"
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok()
+        && &magic == b"GGUF"
 }
 
 /// Open `spec`: an existing path, else a hub id.
 pub fn load_model(spec: &str) -> Result<LoadedModel> {
     let path = PathBuf::from(spec);
     if !path.exists() {
-        let looks_like_id = spec.split('/').count() == 2 && !spec.starts_with('.') && !spec.ends_with(".gguf");
+        let looks_like_id =
+            spec.split('/').count() == 2 && !spec.starts_with('.') && !spec.ends_with(".gguf");
         if looks_like_id {
             let dir = crate::hub::resolve_hub_id(spec, None)?;
             return load_hf(&dir);
         }
-        return Err(ModelError::io(&path, std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory")));
+        return Err(ModelError::io(
+            &path,
+            std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory"),
+        ));
     }
     if path.is_dir() {
         return load_hf(&path);
@@ -54,7 +61,10 @@ pub fn load_model(spec: &str) -> Result<LoadedModel> {
     if path.extension().is_some_and(|e| e == "bin") {
         return load_llama2c(&path);
     }
-    Err(ModelError::unsupported(&path, "not a GGUF file, HF model directory, .safetensors file or llama2.c .bin checkpoint"))
+    Err(ModelError::unsupported(
+        &path,
+        "not a GGUF file, HF model directory, .safetensors file or llama2.c .bin checkpoint",
+    ))
 }
 
 pub fn load_gguf(path: &Path) -> Result<LoadedModel> {
@@ -62,7 +72,13 @@ pub fn load_gguf(path: &Path) -> Result<LoadedModel> {
     let config = crate::gguf_model::config_from_gguf(&g, &weights)?;
     crate::gguf_model::rename_to_hf(config.arch, &mut weights);
     let tokenizer = crate::tokenizer::gguf::tokenizer_from_gguf(&g)?;
-    Ok(LoadedModel { path: path.to_path_buf(), source: "gguf", config, weights, tokenizer })
+    Ok(LoadedModel {
+        path: path.to_path_buf(),
+        source: "gguf",
+        config,
+        weights,
+        tokenizer,
+    })
 }
 
 pub fn load_hf(dir: &Path) -> Result<LoadedModel> {
@@ -88,22 +104,46 @@ pub fn load_hf(dir: &Path) -> Result<LoadedModel> {
         let g = crate::gguf::GgufFile::parse(&gguf_tok, &bytes)?;
         crate::tokenizer::gguf::tokenizer_from_gguf(&g)?
     } else {
-        return Err(ModelError::unsupported(dir, "no tokenizer.json (or tokenizer.gguf) in the model directory"));
+        return Err(ModelError::unsupported(
+            dir,
+            "no tokenizer.json (or tokenizer.gguf) in the model directory",
+        ));
     };
-    Ok(LoadedModel { path: dir.to_path_buf(), source: "hf", config, weights, tokenizer })
+    Ok(LoadedModel {
+        path: dir.to_path_buf(),
+        source: "hf",
+        config,
+        weights,
+        tokenizer,
+    })
 }
 
 /// llama2.c: the tokenizer is `tok{vocab}.bin` or `tokenizer.bin` next to the checkpoint.
 pub fn load_llama2c(path: &Path) -> Result<LoadedModel> {
     let (config, weights) = crate::llama2c::open_llama2c(path)?;
     let dir = path.parent().unwrap_or(Path::new("."));
-    let candidates = [dir.join(format!("tok{}.bin", config.vocab_size)), dir.join("tokenizer.bin")];
+    let candidates = [
+        dir.join(format!("tok{}.bin", config.vocab_size)),
+        dir.join("tokenizer.bin"),
+    ];
     let tok = candidates.iter().find(|p| p.exists()).ok_or_else(|| {
         ModelError::unsupported(
             path,
-            format!("no llama2.c tokenizer found next to the checkpoint (looked for {} and {})", candidates[0].display(), candidates[1].display()),
+            format!(
+                "no llama2.c tokenizer found next to the checkpoint (looked for {} and {})",
+                candidates[0].display(),
+                candidates[1].display()
+            ),
         )
     })?;
-    let tokenizer: Box<dyn Tokenizer> = Box::new(crate::tokenizer::llama2c::Llama2cTokenizer::open(tok, Some(config.vocab_size))?);
-    Ok(LoadedModel { path: path.to_path_buf(), source: "llama2c", config, weights, tokenizer })
+    let tokenizer: Box<dyn Tokenizer> = Box::new(
+        crate::tokenizer::llama2c::Llama2cTokenizer::open(tok, Some(config.vocab_size))?,
+    );
+    Ok(LoadedModel {
+        path: path.to_path_buf(),
+        source: "llama2c",
+        config,
+        weights,
+        tokenizer,
+    })
 }

@@ -75,7 +75,11 @@ pub struct WeightStore {
 
 impl WeightStore {
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        WeightStore { path: path.into(), backings: Vec::new(), tensors: BTreeMap::new() }
+        WeightStore {
+            path: path.into(),
+            backings: Vec::new(),
+            tensors: BTreeMap::new(),
+        }
     }
 
     /// Add a backing and return its index for `insert`.
@@ -97,7 +101,13 @@ impl WeightStore {
             .shape
             .iter()
             .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-            .ok_or_else(|| ModelError::tensor(&self.path, &name, format!("shape {:?} overflows", entry.shape)))?;
+            .ok_or_else(|| {
+                ModelError::tensor(
+                    &self.path,
+                    &name,
+                    format!("shape {:?} overflows", entry.shape),
+                )
+            })?;
         let expected = entry.dtype.byte_len(elements).ok_or_else(|| {
             ModelError::tensor(
                 &self.path,
@@ -113,7 +123,10 @@ impl WeightStore {
             return Err(ModelError::tensor(
                 &self.path,
                 &name,
-                format!("shape {:?} of {} needs {expected} bytes, the file says {}", entry.shape, entry.dtype, entry.len),
+                format!(
+                    "shape {:?} of {} needs {expected} bytes, the file says {}",
+                    entry.shape, entry.dtype, entry.len
+                ),
             ));
         }
         let end = entry.offset.checked_add(entry.len);
@@ -146,12 +159,18 @@ impl WeightStore {
     pub fn get(&self, name: &str) -> Option<TensorView<'_>> {
         let (k, e) = self.tensors.get_key_value(name)?;
         let data = &self.backings[e.backing].bytes()[e.offset..e.offset + e.len];
-        Some(TensorView { name: k, dtype: e.dtype, shape: &e.shape, data })
+        Some(TensorView {
+            name: k,
+            dtype: e.dtype,
+            shape: &e.shape,
+            data,
+        })
     }
 
     /// The tensor or an error naming the file and tensor.
     pub fn require(&self, name: &str) -> Result<TensorView<'_>> {
-        self.get(name).ok_or_else(|| ModelError::tensor(&self.path, name, "missing from the model"))
+        self.get(name)
+            .ok_or_else(|| ModelError::tensor(&self.path, name, "missing from the model"))
     }
 
     /// Rename a tensor (loaders use this to map source names to HF names).

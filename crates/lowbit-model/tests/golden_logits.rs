@@ -16,7 +16,11 @@ fn fixtures() -> PathBuf {
 
 fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len());
-    let num: f64 = a.iter().zip(b).map(|(x, y)| ((*x - *y) as f64).powi(2)).sum();
+    let num: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| ((*x - *y) as f64).powi(2))
+        .sum();
     let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
     (num / den).sqrt()
 }
@@ -24,20 +28,30 @@ fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
 fn read_f32(st: &safetensors::SafeTensors, name: &str) -> Vec<f32> {
     let t = st.tensor(name).unwrap_or_else(|e| panic!("{name}: {e}"));
     assert_eq!(t.dtype(), safetensors::Dtype::F32);
-    t.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+    t.data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
 }
 
 fn ids(v: &serde_json::Value, key: &str) -> Vec<u32> {
-    v[key].as_array().unwrap_or_else(|| panic!("golden.json lacks {key}")).iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v[key]
+        .as_array()
+        .unwrap_or_else(|| panic!("golden.json lacks {key}"))
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 fn check_arch(arch: &str) {
     let dir = fixtures().join(arch);
     let (cfg_json, weights) = open_hf_dir(&dir).unwrap_or_else(|e| panic!("{e}"));
-    let config = from_hf_config(&cfg_json, &dir.join("config.json")).unwrap_or_else(|e| panic!("{e}"));
+    let config =
+        from_hf_config(&cfg_json, &dir.join("config.json")).unwrap_or_else(|e| panic!("{e}"));
     let vocab = config.vocab_size;
     let model = Transformer::load(config, &weights).unwrap_or_else(|e| panic!("{arch}: {e}"));
-    let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("golden.json")).unwrap()).unwrap();
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("golden.json")).unwrap()).unwrap();
     let bytes = std::fs::read(dir.join("golden.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let prefill = ids(&meta, "prefill_ids");
@@ -48,20 +62,42 @@ fn check_arch(arch: &str) {
     let mut state = model.new_state(prefill.len() + decode.len());
     let got = model.forward(&mut state, &prefill, 0).unwrap();
     let e = rel_l2(&got, &want_prefill);
-    println!("{arch}: prefill of {} tokens: rel L2 {e:.2e}", prefill.len());
-    assert!(e < BOUND, "{arch}: prefill logits rel L2 error {e:.3e} > {BOUND:e}");
+    println!(
+        "{arch}: prefill of {} tokens: rel L2 {e:.2e}",
+        prefill.len()
+    );
+    assert!(
+        e < BOUND,
+        "{arch}: prefill logits rel L2 error {e:.3e} > {BOUND:e}"
+    );
     for (i, &t) in decode.iter().enumerate() {
         let got = model.forward(&mut state, &[t], 0).unwrap();
         let e = rel_l2(&got, &want_decode[i * vocab..(i + 1) * vocab]);
         println!("{arch}: decode step {i}: rel L2 {e:.2e}");
-        assert!(e < BOUND, "{arch}: decode step {i} logits rel L2 error {e:.3e} > {BOUND:e}");
+        assert!(
+            e < BOUND,
+            "{arch}: decode step {i} logits rel L2 error {e:.3e} > {BOUND:e}"
+        );
     }
 }
 
 #[test]
 fn all_golden_architectures_are_present() {
-    for arch in ["llama", "llama_tied", "mistral", "qwen2", "qwen3", "gemma3", "mixtral", "qwen2_moe", "qwen3_moe"] {
-        assert!(fixtures().join(arch).join("golden.json").exists(), "missing golden fixture for {arch}");
+    for arch in [
+        "llama",
+        "llama_tied",
+        "mistral",
+        "qwen2",
+        "qwen3",
+        "gemma3",
+        "mixtral",
+        "qwen2_moe",
+        "qwen3_moe",
+    ] {
+        assert!(
+            fixtures().join(arch).join("golden.json").exists(),
+            "missing golden fixture for {arch}"
+        );
     }
 }
 

@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 use lowbit_model::source::load_model;
 
 fn golden(arch: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/golden").join(arch)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/golden")
+        .join(arch)
 }
 
 fn err(spec: &str) -> String {
@@ -19,7 +21,10 @@ fn err(spec: &str) -> String {
 fn hf_directory_without_tokenizer_is_a_clear_error() {
     let dir = golden("llama");
     let e = err(dir.to_str().unwrap());
-    assert!(e.contains("tokenizer.json") && e.contains("golden/llama"), "{e}");
+    assert!(
+        e.contains("tokenizer.json") && e.contains("golden/llama"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -27,8 +32,16 @@ fn hf_directory_with_unknown_model_type_is_refused_by_name() {
     let tmp = std::env::temp_dir().join(format!("lowbit-src-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).unwrap();
     let cfg = std::fs::read_to_string(golden("llama").join("config.json")).unwrap();
-    std::fs::write(tmp.join("config.json"), cfg.replace("\"llama\"", "\"falcon_mamba\"")).unwrap();
-    std::fs::copy(golden("llama").join("model.safetensors"), tmp.join("model.safetensors")).unwrap();
+    std::fs::write(
+        tmp.join("config.json"),
+        cfg.replace("\"llama\"", "\"falcon_mamba\""),
+    )
+    .unwrap();
+    std::fs::copy(
+        golden("llama").join("model.safetensors"),
+        tmp.join("model.safetensors"),
+    )
+    .unwrap();
     std::fs::write(tmp.join("tokenizer.json"), "{}").unwrap();
     let e = err(tmp.to_str().unwrap());
     assert!(e.contains("falcon_mamba"), "{e}");

@@ -18,7 +18,9 @@ fn stories260k_greedy_matches_llama2c() {
     let model = m.transformer().unwrap();
     let prompt = m.tokenizer.encode("Once upon a time", true);
     let mut state = model.new_state(256);
-    let mut logits = model.forward(&mut state, &prompt, prompt.len() - 1).unwrap();
+    let mut logits = model
+        .forward(&mut state, &prompt, prompt.len() - 1)
+        .unwrap();
     let mut out = prompt.clone();
     for _ in 0..40 {
         let next = argmax(&logits) as u32;
@@ -37,10 +39,19 @@ fn truncated_llama2c_checkpoint_is_a_clear_error() {
     std::fs::create_dir_all(&dir).unwrap();
     let p = dir.join("cut.bin");
     std::fs::write(&p, &src[..src.len() / 2]).unwrap();
-    let err = lowbit_model::llama2c::open_llama2c(&p).err().expect("a truncated file must not load").to_string();
-    assert!(err.contains("cut.bin") && err.contains("truncated"), "{err}");
+    let err = lowbit_model::llama2c::open_llama2c(&p)
+        .err()
+        .expect("a truncated file must not load")
+        .to_string();
+    assert!(
+        err.contains("cut.bin") && err.contains("truncated"),
+        "{err}"
+    );
     std::fs::write(&p, &src[..10]).unwrap();
-    let err = lowbit_model::llama2c::open_llama2c(&p).err().unwrap().to_string();
+    let err = lowbit_model::llama2c::open_llama2c(&p)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("header"), "{err}");
     std::fs::remove_dir_all(&dir).ok();
 }

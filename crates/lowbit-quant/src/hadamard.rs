@@ -28,7 +28,10 @@ pub struct Hadamard {
 }
 
 fn is_prime(q: usize) -> bool {
-    q >= 2 && (2..).take_while(|d| d * d <= q).all(|d| !q.is_multiple_of(d))
+    q >= 2
+        && (2..)
+            .take_while(|d| d * d <= q)
+            .all(|d| !q.is_multiple_of(d))
 }
 
 /// Quadratic character of `a` modulo the odd prime `q`: 0, 1 (a square) or -1.

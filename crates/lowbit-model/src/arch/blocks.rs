@@ -26,30 +26,63 @@ impl Linear {
         let t = w.handle(name)?;
         // A single-row weight may be stored as a vector (GGUF's shared-expert gate).
         if t.shape != [rows, cols] && !(rows == 1 && t.shape == [cols]) {
-            return Err(ModelError::tensor(&w.path, name, format!("expected shape [{rows}, {cols}], found {:?}", t.shape)));
+            return Err(ModelError::tensor(
+                &w.path,
+                name,
+                format!("expected shape [{rows}, {cols}], found {:?}", t.shape),
+            ));
         }
         check_cols(w, name, t.dtype, cols)?;
-        Ok(Linear { tensor: t, rows, cols, byte_offset: 0 })
+        Ok(Linear {
+            tensor: t,
+            rows,
+            cols,
+            byte_offset: 0,
+        })
     }
 
     /// Expert `e` of a 3-D tensor `[experts, rows, cols]`.
-    pub fn load_expert(w: &WeightStore, name: &str, e: usize, experts: usize, rows: usize, cols: usize) -> Result<Linear> {
+    pub fn load_expert(
+        w: &WeightStore,
+        name: &str,
+        e: usize,
+        experts: usize,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Linear> {
         let t = w.handle(name)?;
         if t.shape != [experts, rows, cols] {
             return Err(ModelError::tensor(
                 &w.path,
                 name,
-                format!("expected shape [{experts}, {rows}, {cols}], found {:?}", t.shape),
+                format!(
+                    "expected shape [{experts}, {rows}, {cols}], found {:?}",
+                    t.shape
+                ),
             ));
         }
         let row_bytes = check_cols(w, name, t.dtype, cols)?;
-        Ok(Linear { byte_offset: e * rows * row_bytes, tensor: t, rows, cols })
+        Ok(Linear {
+            byte_offset: e * rows * row_bytes,
+            tensor: t,
+            rows,
+            cols,
+        })
     }
 
     pub fn matrix(&self) -> WeightMatrix<'_> {
-        let rb = self.tensor.dtype.byte_len(self.cols).expect("checked at load");
+        let rb = self
+            .tensor
+            .dtype
+            .byte_len(self.cols)
+            .expect("checked at load");
         let data = &self.tensor.data()[self.byte_offset..self.byte_offset + rb * self.rows];
-        WeightMatrix { dtype: self.tensor.dtype, rows: self.rows, cols: self.cols, data }
+        WeightMatrix {
+            dtype: self.tensor.dtype,
+            rows: self.rows,
+            cols: self.cols,
+            data,
+        }
     }
 
     /// `x` is `tokens × cols`; returns `tokens × rows`.
@@ -68,7 +101,11 @@ impl Linear {
 
 fn check_cols(w: &WeightStore, name: &str, dtype: GgmlType, cols: usize) -> Result<usize> {
     let rb = dtype.byte_len(cols).ok_or_else(|| {
-        ModelError::tensor(&w.path, name, format!("{cols} columns is not a multiple of the {dtype} block size"))
+        ModelError::tensor(
+            &w.path,
+            name,
+            format!("{cols} columns is not a multiple of the {dtype} block size"),
+        )
     })?;
     // Make sure the type can be decoded at all before the first matmul.
     let mut probe = vec![0f32; cols];
@@ -82,7 +119,11 @@ fn check_cols(w: &WeightStore, name: &str, dtype: GgmlType, cols: usize) -> Resu
 pub fn load_vec(w: &WeightStore, name: &str, len: usize) -> Result<Vec<f32>> {
     let v = w.to_f32(name)?;
     if v.len() != len {
-        return Err(ModelError::tensor(&w.path, name, format!("expected {len} values, found {}", v.len())));
+        return Err(ModelError::tensor(
+            &w.path,
+            name,
+            format!("expected {len} values, found {}", v.len()),
+        ));
     }
     Ok(v)
 }
@@ -145,7 +186,15 @@ impl Attention {
         self.rope.apply(&mut k, self.n_kv_heads, hd, pos0);
         cache.write(pos0, &k, &v);
         let mut out = vec![0f32; q.len()];
-        attention(&q, cache, self.n_heads, pos0, self.scale, self.window, &mut out);
+        attention(
+            &q,
+            cache,
+            self.n_heads,
+            pos0,
+            self.scale,
+            self.window,
+            &mut out,
+        );
         let mut y = self.o.forward(&out);
         add_bias(&mut y, &self.o_bias);
         y
@@ -196,7 +245,11 @@ impl Moe {
             let top = &idx[..self.top_k];
             let sum: f32 = top.iter().map(|&e| p[e]).sum();
             for &e in top {
-                let wgt = if self.norm_topk_prob { p[e] / sum } else { p[e] };
+                let wgt = if self.norm_topk_prob {
+                    p[e] / sum
+                } else {
+                    p[e]
+                };
                 assigned[e].push((t, wgt));
             }
         }
@@ -211,7 +264,10 @@ impl Moe {
             }
             let ys = self.experts[e].forward(&xs);
             for (i, &(t, wgt)) in list.iter().enumerate() {
-                for (o, y) in out[t * hidden..(t + 1) * hidden].iter_mut().zip(&ys[i * hidden..(i + 1) * hidden]) {
+                for (o, y) in out[t * hidden..(t + 1) * hidden]
+                    .iter_mut()
+                    .zip(&ys[i * hidden..(i + 1) * hidden])
+                {
                     *o += wgt * y;
                 }
             }
@@ -220,8 +276,14 @@ impl Moe {
             let ys = mlp.forward(x);
             let g = gate.as_ref().map(|g| g.forward(x));
             for t in 0..tokens {
-                let s = g.as_ref().map(|g| 1.0 / (1.0 + (-g[t]).exp())).unwrap_or(1.0);
-                for (o, y) in out[t * hidden..(t + 1) * hidden].iter_mut().zip(&ys[t * hidden..(t + 1) * hidden]) {
+                let s = g
+                    .as_ref()
+                    .map(|g| 1.0 / (1.0 + (-g[t]).exp()))
+                    .unwrap_or(1.0);
+                for (o, y) in out[t * hidden..(t + 1) * hidden]
+                    .iter_mut()
+                    .zip(&ys[t * hidden..(t + 1) * hidden])
+                {
                     *o += s * y;
                 }
             }

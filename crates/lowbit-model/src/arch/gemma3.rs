@@ -16,7 +16,13 @@ pub fn build_layer(c: &ModelConfig, w: &WeightStore, i: usize) -> Result<Layer> 
         attn: load_attention(c, w, &format!("{p}self_attn."), i)?,
         post_attn_norm: Some(norm("post_attention_layernorm")?),
         ffn_norm: norm("pre_feedforward_layernorm")?,
-        ffn: FeedForward::Dense(load_mlp(w, &format!("{p}mlp."), c.hidden_size, c.intermediate_size, c.activation)?),
+        ffn: FeedForward::Dense(load_mlp(
+            w,
+            &format!("{p}mlp."),
+            c.hidden_size,
+            c.intermediate_size,
+            c.activation,
+        )?),
         post_ffn_norm: Some(norm("post_feedforward_layernorm")?),
     })
 }

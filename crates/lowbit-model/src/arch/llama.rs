@@ -13,8 +13,18 @@ pub fn build_layer(c: &ModelConfig, w: &WeightStore, i: usize) -> Result<Layer> 
         attn_norm: load_vec(w, &format!("{p}input_layernorm.weight"), c.hidden_size)?,
         attn: load_attention(c, w, &format!("{p}self_attn."), i)?,
         post_attn_norm: None,
-        ffn_norm: load_vec(w, &format!("{p}post_attention_layernorm.weight"), c.hidden_size)?,
-        ffn: FeedForward::Dense(load_mlp(w, &format!("{p}mlp."), c.hidden_size, c.intermediate_size, c.activation)?),
+        ffn_norm: load_vec(
+            w,
+            &format!("{p}post_attention_layernorm.weight"),
+            c.hidden_size,
+        )?,
+        ffn: FeedForward::Dense(load_mlp(
+            w,
+            &format!("{p}mlp."),
+            c.hidden_size,
+            c.intermediate_size,
+            c.activation,
+        )?),
         post_ffn_norm: None,
     })
 }

@@ -65,26 +65,49 @@ impl Transformer {
             embed.clone()
         };
         let build = layer_builder(c.arch);
-        let layers = (0..c.num_layers).map(|i| build(c, w, i)).collect::<Result<Vec<_>>>()?;
+        let layers = (0..c.num_layers)
+            .map(|i| build(c, w, i))
+            .collect::<Result<Vec<_>>>()?;
         let final_norm = load_vec(w, "model.norm.weight", c.hidden_size)?;
-        Ok(Transformer { config, embed, layers, final_norm, lm_head })
+        Ok(Transformer {
+            config,
+            embed,
+            layers,
+            final_norm,
+            lm_head,
+        })
     }
 
     pub fn new_state(&self, capacity: usize) -> KvState {
         let c = &self.config;
-        KvState { caches: (0..c.num_layers).map(|_| KvCache::new(c.num_kv_heads, c.head_dim, capacity)).collect(), pos: 0 }
+        KvState {
+            caches: (0..c.num_layers)
+                .map(|_| KvCache::new(c.num_kv_heads, c.head_dim, capacity))
+                .collect(),
+            pos: 0,
+        }
     }
 
     /// Run `tokens` at positions `state.pos..` and advance the state. Returns the logits of the
     /// last `tokens.len() - logits_from` tokens (`logits_from..tokens.len()`), row-major.
-    pub fn forward(&self, state: &mut KvState, tokens: &[u32], logits_from: usize) -> Result<Vec<f32>> {
+    pub fn forward(
+        &self,
+        state: &mut KvState,
+        tokens: &[u32],
+        logits_from: usize,
+    ) -> Result<Vec<f32>> {
         let hidden = self.forward_hidden(state, tokens, logits_from)?;
         Ok(self.lm_head.forward(&hidden))
     }
 
     /// Like `forward`, but stops before the output projection: the final-normed hidden states
     /// of tokens `logits_from..`.
-    pub fn forward_hidden(&self, state: &mut KvState, tokens: &[u32], logits_from: usize) -> Result<Vec<f32>> {
+    pub fn forward_hidden(
+        &self,
+        state: &mut KvState,
+        tokens: &[u32],
+        logits_from: usize,
+    ) -> Result<Vec<f32>> {
         let c = &self.config;
         let n = tokens.len();
         if state.pos + n > state.capacity() {
@@ -98,7 +121,10 @@ impl Transformer {
         let mut x = vec![0f32; n * h];
         for (t, &id) in tokens.iter().enumerate() {
             if id as usize >= c.vocab_size {
-                return Err(ModelError::Other(format!("token id {id} is outside the vocabulary ({})", c.vocab_size)));
+                return Err(ModelError::Other(format!(
+                    "token id {id} is outside the vocabulary ({})",
+                    c.vocab_size
+                )));
             }
             self.embed.row(id as usize, &mut x[t * h..(t + 1) * h]);
         }
@@ -108,14 +134,24 @@ impl Transformer {
         let pos0 = state.pos;
         for (layer, cache) in self.layers.iter().zip(state.caches.iter_mut()) {
             let mut a = x.clone();
-            ops::rmsnorm(&mut a, &layer.attn_norm, c.rms_norm_eps, c.norm_weight_offset);
+            ops::rmsnorm(
+                &mut a,
+                &layer.attn_norm,
+                c.rms_norm_eps,
+                c.norm_weight_offset,
+            );
             let mut a = layer.attn.forward(&a, cache, pos0);
             if let Some(nw) = &layer.post_attn_norm {
                 ops::rmsnorm(&mut a, nw, c.rms_norm_eps, c.norm_weight_offset);
             }
             ops::add_assign(&mut x, &a);
             let mut f = x.clone();
-            ops::rmsnorm(&mut f, &layer.ffn_norm, c.rms_norm_eps, c.norm_weight_offset);
+            ops::rmsnorm(
+                &mut f,
+                &layer.ffn_norm,
+                c.rms_norm_eps,
+                c.norm_weight_offset,
+            );
             let mut f = layer.ffn.forward(&f);
             if let Some(nw) = &layer.post_ffn_norm {
                 ops::rmsnorm(&mut f, nw, c.rms_norm_eps, c.norm_weight_offset);
@@ -125,7 +161,12 @@ impl Transformer {
         state.pos += n;
         let from = logits_from.min(n);
         let mut last = x.split_off(from * h);
-        ops::rmsnorm(&mut last, &self.final_norm, c.rms_norm_eps, c.norm_weight_offset);
+        ops::rmsnorm(
+            &mut last,
+            &self.final_norm,
+            c.rms_norm_eps,
+            c.norm_weight_offset,
+        );
         Ok(last)
     }
 
@@ -147,7 +188,11 @@ impl Transformer {
         let mut y = vec![0f32; n * slice_rows];
         for r0 in (0..vocab).step_by(slice_rows) {
             let rows = slice_rows.min(vocab - r0);
-            let w = lowbit_cpu::WeightMatrix { rows, data: &full.data[r0 * rb..(r0 + rows) * rb], ..full };
+            let w = lowbit_cpu::WeightMatrix {
+                rows,
+                data: &full.data[r0 * rb..(r0 + rows) * rb],
+                ..full
+            };
             let y = &mut y[..n * rows];
             lowbit_cpu::matmul(hidden, w, y);
             for t in 0..n {
@@ -168,7 +213,9 @@ impl Transformer {
                 }
             }
         }
-        (0..n).map(|t| max[t] + sum[t].ln() - target_logit[t]).collect()
+        (0..n)
+            .map(|t| max[t] + sum[t].ln() - target_logit[t])
+            .collect()
     }
 }
 
@@ -183,16 +230,29 @@ pub fn layer_rope(c: &ModelConfig, i: usize) -> Rope {
         // Gemma 3's local layers use plain rope; scaling applies to global layers only.
         cfg.rope_scaling = crate::config::RopeScaling::None;
     }
-    Rope { style: c.rope_style, rot_dim: c.head_dim, inv_freq: cfg.rope_inv_freq(theta), mscale: 1.0 }
+    Rope {
+        style: c.rope_style,
+        rot_dim: c.head_dim,
+        inv_freq: cfg.rope_inv_freq(theta),
+        mscale: 1.0,
+    }
 }
 
 /// Attention of layer `i` under `prefix` (`model.layers.{i}.self_attn.`): biases are used when
 /// present; q/k norms are required when the config says so.
-pub fn load_attention(c: &ModelConfig, w: &WeightStore, prefix: &str, i: usize) -> Result<Attention> {
+pub fn load_attention(
+    c: &ModelConfig,
+    w: &WeightStore,
+    prefix: &str,
+    i: usize,
+) -> Result<Attention> {
     let (h, qd, kvd, hd) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.head_dim);
     let name = |s: &str| format!("{prefix}{s}");
     let (q_norm, k_norm) = if c.qk_norm {
-        (Some(load_vec(w, &name("q_norm.weight"), hd)?), Some(load_vec(w, &name("k_norm.weight"), hd)?))
+        (
+            Some(load_vec(w, &name("q_norm.weight"), hd)?),
+            Some(load_vec(w, &name("k_norm.weight"), hd)?),
+        )
     } else {
         (None, None)
     };
@@ -219,7 +279,13 @@ pub fn load_attention(c: &ModelConfig, w: &WeightStore, prefix: &str, i: usize) 
 }
 
 /// Gated MLP under `prefix` (`...mlp.`) with HF names gate_proj/up_proj/down_proj.
-pub fn load_mlp(w: &WeightStore, prefix: &str, hidden: usize, inter: usize, act: Activation) -> Result<Mlp> {
+pub fn load_mlp(
+    w: &WeightStore,
+    prefix: &str,
+    hidden: usize,
+    inter: usize,
+    act: Activation,
+) -> Result<Mlp> {
     Ok(Mlp {
         gate: Linear::load(w, &format!("{prefix}gate_proj.weight"), inter, hidden)?,
         up: Linear::load(w, &format!("{prefix}up_proj.weight"), inter, hidden)?,
