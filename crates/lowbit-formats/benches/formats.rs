@@ -10,7 +10,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use lowbit_formats::minifloat::Minifloat;
 use lowbit_formats::rounding::Rounding;
 use lowbit_formats::simd::{self, Level};
-use lowbit_formats::{dequantize_rows, quantize_rows, GgmlType, QuantSpec};
+use lowbit_formats::{dequantize_rows, quantize_rows, GgmlType, QTensor, QuantSpec};
 use std::hint::black_box;
 use std::time::Duration;
 
@@ -137,6 +137,33 @@ fn bench_fp8(c: &mut Criterion) {
     g.finish();
 }
 
+/// QTensor: real encode (codes + stored scales) per SIMD level, and decode (no SIMD variants).
+fn bench_qtensor(c: &mut Criterion) {
+    let x = weights(COLS * ROWS);
+    let bytes = (x.len() * 4) as u64;
+    for name in ["int4_g128_sym", "int8_channel", "nvfp4", "mxfp4"] {
+        let spec = QuantSpec::parse(name).unwrap();
+        let mut g = c.benchmark_group(format!("qtensor_encode/{name}"));
+        g.throughput(Throughput::Bytes(bytes));
+        for level in levels() {
+            g.bench_function(BenchmarkId::from_parameter(level), |b| {
+                simd::with_level(level, || {
+                    b.iter(|| QTensor::encode(&spec, black_box(&x), ROWS, COLS).unwrap())
+                })
+            });
+        }
+        g.finish();
+        let q = QTensor::encode(&spec, &x, ROWS, COLS).unwrap();
+        let mut y = vec![0f32; x.len()];
+        let mut g = c.benchmark_group(format!("qtensor_decode/{name}"));
+        g.throughput(Throughput::Bytes(bytes));
+        g.bench_function(BenchmarkId::from_parameter(Level::Scalar), |b| {
+            b.iter(|| black_box(&q).decode(&mut y).unwrap())
+        });
+        g.finish();
+    }
+}
+
 fn configured() -> Criterion {
     // The machine is shared: short runs, and the reported figure is the median of the samples.
     Criterion::default()
@@ -148,6 +175,6 @@ fn configured() -> Criterion {
 criterion_group! {
     name = benches;
     config = configured();
-    targets = bench_ggml, bench_fake, bench_fp8
+    targets = bench_ggml, bench_fake, bench_fp8, bench_qtensor
 }
 criterion_main!(benches);

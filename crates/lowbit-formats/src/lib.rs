@@ -10,6 +10,7 @@ pub mod fake;
 pub mod ggml;
 pub mod minifloat;
 pub mod pack;
+pub mod qtensor;
 pub mod quant;
 pub mod rounding;
 pub mod simd;
@@ -20,6 +21,7 @@ pub use catalog::{catalog, FormatInfo};
 pub use dequant::{dequantize, dequantize_row, dequantize_rows, row_bytes};
 pub use fake::{fake_quantize, fake_quantized};
 pub use ggml::GgmlType;
+pub use qtensor::QTensor;
 pub use quant::{quantize, quantize_rows};
 pub use spec::QuantSpec;
 
