@@ -41,38 +41,9 @@ pub fn dequantize_rows(
     cols: usize,
     dst: &mut [f32],
 ) -> Result<(), FormatError> {
-    let row_len = row_bytes(ty, cols).ok_or(FormatError::NotBlockAligned { ty, elements: cols })?;
-    if cols == 0 {
-        // Zero-width rows: only an empty tensor makes sense.
-        if !dst.is_empty() || !src.is_empty() {
-            return Err(FormatError::WrongByteLength {
-                ty,
-                expected: 0,
-                got: src.len(),
-            });
-        }
+    let Some(row_len) = check_rows(ty, cols, dst.len(), src.len())? else {
         return Ok(());
-    }
-    if dst.len() % cols != 0 {
-        return Err(FormatError::NotBlockAligned {
-            ty,
-            elements: dst.len(),
-        });
-    }
-    let rows = dst.len() / cols;
-    let expected = row_len
-        .checked_mul(rows)
-        .ok_or(FormatError::NotBlockAligned {
-            ty,
-            elements: dst.len(),
-        })?;
-    if src.len() != expected {
-        return Err(FormatError::WrongByteLength {
-            ty,
-            expected,
-            got: src.len(),
-        });
-    }
+    };
     for (s, d) in src.chunks_exact(row_len).zip(dst.chunks_exact_mut(cols)) {
         decode(ty, s, d)?;
     }
@@ -244,4 +215,46 @@ mod tests {
         dequantize(GgmlType::F16, &src, &mut out).unwrap();
         assert_eq!(out, vals);
     }
+}
+
+/// Shared validation of a row-wise conversion between `values` f32 values and `bytes` stored
+/// bytes with rows of `cols` values: returns the bytes per row, or None for an empty tensor.
+pub(crate) fn check_rows(
+    ty: GgmlType,
+    cols: usize,
+    values: usize,
+    bytes: usize,
+) -> Result<Option<usize>, FormatError> {
+    let row_len = row_bytes(ty, cols).ok_or(FormatError::NotBlockAligned { ty, elements: cols })?;
+    if cols == 0 {
+        // Zero-width rows: only an empty tensor makes sense.
+        if values != 0 || bytes != 0 {
+            return Err(FormatError::WrongByteLength {
+                ty,
+                expected: 0,
+                got: bytes,
+            });
+        }
+        return Ok(None);
+    }
+    if values % cols != 0 {
+        return Err(FormatError::NotBlockAligned {
+            ty,
+            elements: values,
+        });
+    }
+    let expected = row_len
+        .checked_mul(values / cols)
+        .ok_or(FormatError::NotBlockAligned {
+            ty,
+            elements: values,
+        })?;
+    if bytes != expected {
+        return Err(FormatError::WrongByteLength {
+            ty,
+            expected,
+            got: bytes,
+        });
+    }
+    Ok(Some(row_len))
 }

@@ -63,38 +63,9 @@ pub fn quantize_rows(
     cols: usize,
     dst: &mut [u8],
 ) -> Result<(), FormatError> {
-    let row_len = ty
-        .byte_len(cols)
-        .ok_or(FormatError::NotBlockAligned { ty, elements: cols })?;
-    if cols == 0 {
-        if !src.is_empty() || !dst.is_empty() {
-            return Err(FormatError::WrongByteLength {
-                ty,
-                expected: 0,
-                got: dst.len(),
-            });
-        }
+    let Some(row_len) = crate::dequant::check_rows(ty, cols, src.len(), dst.len())? else {
         return Ok(());
-    }
-    if src.len() % cols != 0 {
-        return Err(FormatError::NotBlockAligned {
-            ty,
-            elements: src.len(),
-        });
-    }
-    let expected = row_len
-        .checked_mul(src.len() / cols)
-        .ok_or(FormatError::NotBlockAligned {
-            ty,
-            elements: src.len(),
-        })?;
-    if dst.len() != expected {
-        return Err(FormatError::WrongByteLength {
-            ty,
-            expected,
-            got: dst.len(),
-        });
-    }
+    };
     // Rows are block-aligned, so quantizing row by row equals quantizing the whole buffer;
     // the loop keeps the per-call working set small.
     for (s, d) in src.chunks_exact(cols).zip(dst.chunks_exact_mut(row_len)) {
