@@ -152,6 +152,23 @@ pub fn add_assign(a: &mut [f32], b: &[f32]) {
     }
 }
 
+/// Online log-sum-exp: fold one slice of a row into a running (max, Σ exp(x − max)), so a row can
+/// be scored slice by slice; the result is `max + ln(sum)`. Start from (−∞, 0).
+pub fn lse_accumulate(slice: &[f32], max: &mut f64, sum: &mut f64) {
+    if slice.is_empty() {
+        return;
+    }
+    let mf = crate::simd::max(slice);
+    let m = mf as f64;
+    let s = crate::simd::sum_exp_shifted(slice, mf);
+    if m > *max {
+        *sum = *sum * (*max - m).exp() + s;
+        *max = m;
+    } else {
+        *sum += s * (m - *max).exp();
+    }
+}
+
 /// log-sum-exp of a row, in f64 for the perplexity sums.
 pub fn log_sum_exp(x: &[f32]) -> f64 {
     let m = x.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
@@ -194,6 +211,38 @@ mod tests {
         rmsnorm(&mut x, &[1.0, 2.0], 0.0, 0.0);
         let r = (12.5f32).sqrt();
         assert!((x[0] - 3.0 / r).abs() < 1e-6 && (x[1] - 8.0 / r).abs() < 1e-6);
+    }
+
+    /// Slice-by-slice log-sum-exp equals the f64 one-pass value (rel 1e-6) for any split.
+    #[test]
+    fn lse_accumulate_matches_one_pass() {
+        let mut seed = 12345u64;
+        for n in [1usize, 7, 100, 5000] {
+            let x: Vec<f32> = (0..n)
+                .map(|_| {
+                    seed = seed
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    ((seed >> 40) as f32 / (1u64 << 24) as f32) * 40.0 - 20.0
+                })
+                .collect();
+            let m = x
+                .iter()
+                .map(|v| *v as f64)
+                .fold(f64::NEG_INFINITY, f64::max);
+            let want = m + x.iter().map(|v| (*v as f64 - m).exp()).sum::<f64>().ln();
+            for slice in [1usize, 3, 64, 4096] {
+                let (mut mx, mut s) = (f64::NEG_INFINITY, 0f64);
+                for c in x.chunks(slice) {
+                    lse_accumulate(c, &mut mx, &mut s);
+                }
+                let got = mx + s.ln();
+                assert!(
+                    ((got - want) / want.abs().max(1.0)).abs() < 1e-6,
+                    "n {n} slice {slice}: {got} vs {want}"
+                );
+            }
+        }
     }
 
     #[test]

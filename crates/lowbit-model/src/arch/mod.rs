@@ -197,16 +197,7 @@ impl Transformer {
             lowbit_cpu::matmul(hidden, w, y);
             for t in 0..n {
                 let row = &y[t * rows..(t + 1) * rows];
-                let mf = lowbit_cpu::simd::max(row);
-                let m = mf as f64;
-                let s = lowbit_cpu::simd::sum_exp_shifted(row, mf);
-                // Merge (m, s) into the running (max, sum).
-                if m > max[t] {
-                    sum[t] = sum[t] * (max[t] - m).exp() + s;
-                    max[t] = m;
-                } else {
-                    sum[t] += s * (m - max[t]).exp();
-                }
+                lowbit_cpu::ops::lse_accumulate(row, &mut max[t], &mut sum[t]);
                 let tg = targets[t] as usize;
                 if tg >= r0 && tg < r0 + rows {
                     target_logit[t] = row[tg - r0] as f64;
