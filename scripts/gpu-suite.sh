@@ -15,7 +15,7 @@ if [[ "$mode" != "--prebuilt" ]]; then
     cargo build --release -p lowbit
     rm -rf "$DIST" && mkdir -p "$DIST"
     # Debug info stripped: dist/ travels to the GPU machine (64 MiB limit).
-    strip -o "$DIST/lowbit" target/release/lowbit
+    strip -o "$DIST/lowbit" "${CARGO_TARGET_DIR:-target}/release/lowbit"
     # Test executables of lowbit-cuda, built with the same profile as the benchmark binary.
     cargo test --release -p lowbit-cuda --no-run --message-format=json 2>/dev/null |
         sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | while read -r exe; do

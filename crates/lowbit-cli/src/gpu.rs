@@ -56,8 +56,9 @@ pub fn gpu_bench(a: GpuBenchArgs) -> Result<()> {
         .format
         .split(',')
         .map(|f| {
-            WeightFormat::parse(f)
-                .with_context(|| format!("unknown format '{f}' (int4g128, q4_k, q8_0, bf16)"))
+            WeightFormat::parse(f).with_context(|| {
+                format!("unknown format '{f}' (int4g128, int4g128t, q4_k, q8_0, bf16)")
+            })
         })
         .collect::<Result<_>>()?;
     let batches: Vec<usize> = a
@@ -67,7 +68,7 @@ pub fn gpu_bench(a: GpuBenchArgs) -> Result<()> {
             b.trim()
                 .parse::<usize>()
                 .ok()
-                .filter(|b| (1..=8).contains(b))
+                .filter(|b| (1..=lowbit_cuda::MAX_BATCH_TILED).contains(b))
                 .with_context(|| format!("bad batch '{b}'"))
         })
         .collect::<Result<_>>()?;
@@ -111,17 +112,25 @@ pub fn gpu_bench(a: GpuBenchArgs) -> Result<()> {
         copy
     );
     println!(
-        "{:<15} {:<10} {:>6} {:>6} {:>5} {:>10} {:>9} {:>9} {:>7}",
-        "format", "matrix", "N", "K", "batch", "bytes", "us", "GB/s", "%copy"
+        "{:<15} {:<10} {:>6} {:>6} {:>5} {:>10} {:>9} {:>9} {:>7} {:>9} {:>7}",
+        "format", "matrix", "N", "K", "batch", "bytes", "us", "GB/s", "%copy", "graph us", "%copy"
     );
     for &format in &formats {
         for (fname, kernel) in variants(format) {
             be.set_int4_kernel(kernel.unwrap_or(default_int4));
             for (label, n, k) in shape.gemv_shapes() {
                 for &b in &batches {
+                    let max_batch = if format == WeightFormat::Int4G128Tiled {
+                        lowbit_cuda::MAX_BATCH_TILED
+                    } else {
+                        lowbit_cuda::MAX_BATCH
+                    };
+                    if b > max_batch {
+                        continue;
+                    }
                     let t = bench::time_gemv(&be, format, n, k, b, a.reps)?;
                     println!(
-                        "{:<15} {:<10} {:>6} {:>6} {:>5} {:>10} {:>9.1} {:>9.0} {:>6.1}%",
+                        "{:<15} {:<10} {:>6} {:>6} {:>5} {:>10} {:>9.1} {:>9.0} {:>6.1}% {:>9.1} {:>6.1}%",
                         fname,
                         label,
                         t.rows,
@@ -130,7 +139,9 @@ pub fn gpu_bench(a: GpuBenchArgs) -> Result<()> {
                         t.bytes,
                         t.us,
                         t.gbps,
-                        100.0 * t.gbps / copy
+                        100.0 * t.gbps / copy,
+                        t.graph_us,
+                        100.0 * t.graph_gbps / copy
                     );
                 }
             }
@@ -142,10 +153,19 @@ pub fn gpu_bench(a: GpuBenchArgs) -> Result<()> {
             let mut m = bench::SyntheticModel::build(&be, &shape, format, max_seq)?;
             for (fname, kernel) in variants(format) {
                 be.set_int4_kernel(kernel.unwrap_or(default_int4));
-                let t = bench::decode(&be, &mut m, a.decode_tokens, max_seq)?;
+                // LOWBIT_DECODE_UNFUSED=1: the step with one kernel per op (for comparison).
+                let fused = std::env::var("LOWBIT_DECODE_UNFUSED").map_or(true, |v| v == "0");
+                let t = bench::decode(&be, &mut m, a.decode_tokens, max_seq, fused)?;
                 // Bytes per token: weights + the KV cache read at the mean position of the run.
                 let bytes = m.weight_bytes_per_token() + m.kv_bytes_at(a.decode_tokens / 2);
                 let bound = copy * 1e9 / bytes as f64;
+                println!(
+                    "decode {} {fname}: final-logit checksums eager {:.6e}, graph {:.6e}, pdl {}",
+                    shape.name,
+                    t.eager_checksum,
+                    t.graph_checksum,
+                    be.pdl()
+                );
                 for (how, ms) in [("eager", t.eager_ms), ("graph", t.graph_ms)] {
                     let tok_s = a.decode_tokens as f64 / (ms * 1e-3);
                     println!(

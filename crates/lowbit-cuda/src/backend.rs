@@ -3,9 +3,66 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
-};
+use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig};
+
+/// Kernel arguments for `cuLaunchKernelEx`: one 8-byte slot per argument (a device pointer or a
+/// 4- or 8-byte scalar in its low bytes; the driver reads each through a pointer to its slot).
+pub struct KernelArgs<'a> {
+    stream: &'a CudaStream,
+    slots: Vec<u64>,
+}
+
+/// A value that can be passed to a kernel.
+pub trait KernelArg {
+    fn slot(&self, stream: &CudaStream) -> u64;
+}
+
+impl<T> KernelArg for CudaSlice<T> {
+    fn slot(&self, stream: &CudaStream) -> u64 {
+        // Event tracking is disabled on the context, so the guard records nothing.
+        let (ptr, _guard) = self.device_ptr(stream);
+        ptr
+    }
+}
+impl<T> KernelArg for cudarc::driver::CudaViewMut<'_, T> {
+    fn slot(&self, stream: &CudaStream) -> u64 {
+        let (ptr, _guard) = self.device_ptr(stream);
+        ptr
+    }
+}
+impl<T> KernelArg for cudarc::driver::CudaView<'_, T> {
+    fn slot(&self, stream: &CudaStream) -> u64 {
+        let (ptr, _guard) = self.device_ptr(stream);
+        ptr
+    }
+}
+impl KernelArg for i32 {
+    fn slot(&self, _: &CudaStream) -> u64 {
+        *self as u32 as u64
+    }
+}
+impl KernelArg for u32 {
+    fn slot(&self, _: &CudaStream) -> u64 {
+        *self as u64
+    }
+}
+impl KernelArg for f32 {
+    fn slot(&self, _: &CudaStream) -> u64 {
+        self.to_bits() as u64
+    }
+}
+impl KernelArg for u64 {
+    fn slot(&self, _: &CudaStream) -> u64 {
+        *self
+    }
+}
+
+impl KernelArgs<'_> {
+    pub fn arg<A: KernelArg + ?Sized>(&mut self, a: &A) -> &mut Self {
+        self.slots.push(a.slot(self.stream));
+        self
+    }
+}
 
 use crate::{compile_ptx, drv, Error, Result};
 
@@ -14,6 +71,9 @@ use crate::{compile_ptx, drv, Error, Result};
 pub enum WeightFormat {
     /// Symmetric INT4, groups of 128 along K, f16 scales; 8 codes (q + 8) per u32.
     Int4G128,
+    /// The same numbers repacked at upload into 1 KB units of 16 rows x 128 (kernels/gemv.cu,
+    /// "tiled layout"), read by a persistent streaming kernel; batch 1..16.
+    Int4G128Tiled,
     /// GGML Q4_K (144-byte blocks of 256).
     Q4K,
     /// GGML Q8_0 (34-byte blocks of 32).
@@ -26,6 +86,7 @@ impl WeightFormat {
     pub fn parse(s: &str) -> Option<WeightFormat> {
         match s.to_ascii_lowercase().replace(['-', '_'], "").as_str() {
             "int4g128" | "int4" => Some(WeightFormat::Int4G128),
+            "int4g128t" | "int4t" => Some(WeightFormat::Int4G128Tiled),
             "q4k" => Some(WeightFormat::Q4K),
             "q80" => Some(WeightFormat::Q8_0),
             "bf16" => Some(WeightFormat::Bf16),
@@ -36,6 +97,7 @@ impl WeightFormat {
     pub fn name(self) -> &'static str {
         match self {
             WeightFormat::Int4G128 => "int4g128",
+            WeightFormat::Int4G128Tiled => "int4g128t",
             WeightFormat::Q4K => "q4_k",
             WeightFormat::Q8_0 => "q8_0",
             WeightFormat::Bf16 => "bf16",
@@ -45,17 +107,22 @@ impl WeightFormat {
     /// K must be a multiple of this.
     pub fn k_multiple(self) -> usize {
         match self {
-            WeightFormat::Int4G128 => 128,
+            WeightFormat::Int4G128 | WeightFormat::Int4G128Tiled => 128,
             WeightFormat::Q4K => 256,
             WeightFormat::Q8_0 => 32,
             WeightFormat::Bf16 => 8,
         }
     }
 
-    /// (bytes of the main array, number of f16 scales) for a rows x cols matrix.
+    /// (bytes of the main array, number of f16 scales) for a rows x cols matrix as stored on
+    /// the device (the tiled layout pads rows to a multiple of 16).
     pub fn sizes(self, rows: usize, cols: usize) -> (usize, usize) {
         match self {
             WeightFormat::Int4G128 => (rows * cols / 2, rows * cols / 128),
+            WeightFormat::Int4G128Tiled => {
+                let padded = rows.div_ceil(16) * 16;
+                (padded * cols / 2, padded * cols / 128)
+            }
             WeightFormat::Q4K => (rows * cols / 256 * 144, 0),
             WeightFormat::Q8_0 => (rows * cols / 32 * 34, 0),
             WeightFormat::Bf16 => (rows * cols * 2, 0),
@@ -65,6 +132,7 @@ impl WeightFormat {
     fn kernel_prefix(self) -> &'static str {
         match self {
             WeightFormat::Int4G128 => "gemv_int4_g128",
+            WeightFormat::Int4G128Tiled => "gemv_int4t",
             WeightFormat::Q4K => "gemv_q4_k",
             WeightFormat::Q8_0 => "gemv_q8_0",
             WeightFormat::Bf16 => "gemv_bf16",
@@ -171,7 +239,59 @@ impl Int4Kernel {
 
 const GEMV_WARPS: u32 = 4; // matches kernels/gemv.cu
 const INT4_WARPS: u32 = 8; // matches kernels/gemv.cu
+const INT4T_WARPS: u32 = 8; // matches kernels/gemv.cu
+/// Largest GEMV batch of the row-major kernels.
 pub const MAX_BATCH: usize = 8;
+/// Largest GEMV batch of the tiled INT4 kernel.
+pub const MAX_BATCH_TILED: usize = 16;
+
+/// Repack a row-major INT4 g128 matrix (`WeightFormat::Int4G128`: u32 words of 8 codes, f16
+/// scales [rows][cols/128]) into the tiled layout of `WeightFormat::Int4G128Tiled`: units of
+/// 16 rows x 128 columns, 1 KB each, lane-ordered for the streaming kernel (kernels/gemv.cu).
+/// Padding rows get code 8 (value 0) and scale 0.
+pub fn tile_int4_g128(
+    rows: usize,
+    cols: usize,
+    data: &[u8],
+    scales: &[u16],
+) -> Result<(Vec<u8>, Vec<u16>)> {
+    check_shape(WeightFormat::Int4G128, rows, cols)?;
+    let (nbytes, nscales) = WeightFormat::Int4G128.sizes(rows, cols);
+    if data.len() != nbytes || scales.len() != nscales {
+        return Err(Error::Shape(format!(
+            "int4g128 matrix {rows}x{cols}: expected {nbytes} bytes and {nscales} scales, got {} and {}",
+            data.len(),
+            scales.len()
+        )));
+    }
+    let groups = cols / 128;
+    let tiles = rows.div_ceil(16);
+    let (tbytes, tscales) = WeightFormat::Int4G128Tiled.sizes(rows, cols);
+    let mut out = vec![0x88u8; tbytes];
+    let mut out_scales = vec![0u16; tscales];
+    let row_bytes = cols / 2;
+    for tile in 0..tiles {
+        for grp in 0..groups {
+            let unit = tile * groups + grp;
+            for r in 0..16 {
+                let row = tile * 16 + r;
+                if row >= rows {
+                    continue;
+                }
+                out_scales[unit * 16 + r] = scales[row * groups + grp];
+                // Row r of the tile is g = r % 8 in half r / 8; lane (g, t) holds 16 bytes.
+                let (g, half) = (r % 8, r / 8);
+                for t in 0..4 {
+                    let lane = 4 * g + t;
+                    let dst = unit * 1024 + half * 512 + lane * 16;
+                    let src = row * row_bytes + grp * 64 + t * 16;
+                    out[dst..dst + 16].copy_from_slice(&data[src..src + 16]);
+                }
+            }
+        }
+    }
+    Ok((out, out_scales))
+}
 
 /// One CUDA device with its stream and compiled kernels.
 pub struct CudaBackend {
@@ -185,6 +305,22 @@ pub struct CudaBackend {
     max_dyn_smem: usize,
     /// Pre-pass output (permuted f16 activations), allocated once so decode never allocates.
     xh: std::sync::Mutex<CudaSlice<u16>>,
+    /// Tiled INT4 kernel: partial sums [tiles][16][16] and unit counters per 16-row tile, all
+    /// zero between launches; grown when a larger tiled matrix is created, never during decode.
+    int4t_ws: std::sync::Mutex<(CudaSlice<f32>, CudaSlice<u32>)>,
+    /// Streaming multiprocessors (the tiled INT4 kernel's grid is a multiple).
+    sms: u32,
+    /// LOWBIT_INT4T_BLOCKS_PER_SM, if set (tuning).
+    int4t_blocks_per_sm: Option<u32>,
+    /// LOWBIT_INT4T_ACT: "smem" or "l1" forces the activation path of the tiled kernel.
+    int4t_act: Option<String>,
+    /// Resident blocks per SM for (kernel, dynamic shared memory), from the occupancy API.
+    occupancy: std::sync::Mutex<HashMap<(String, usize), u32>>,
+    /// Programmatic dependent launch in use / possible on this device (sm_90+).
+    pdl: bool,
+    pdl_supported: bool,
+    /// Kernels that do not call pdl_wait() (the random fills), by CUfunction handle.
+    no_pdl: std::collections::HashSet<usize>,
 }
 
 /// f16 values the pre-pass scratch holds (batch x K); larger inputs use the in-block conversion.
@@ -250,7 +386,7 @@ impl CudaBackend {
         )? as usize;
         let max_dyn_smem = optin.saturating_sub(INT4_STATIC_SMEM);
         for (entry, f) in funcs.iter() {
-            if entry.starts_with("gemv_int4_g128_s") {
+            if entry.starts_with("gemv_int4_g128_s") || entry.starts_with("gemv_int4t_smem") {
                 drv(
                     format!("set shared memory limit of {entry}"),
                     f.set_attribute(
@@ -274,6 +410,26 @@ impl CudaBackend {
             "allocate activation scratch",
             stream.alloc_zeros::<u16>(XH_SCRATCH),
         )?);
+        let sms = drv(
+            "multiprocessor count",
+            ctx.attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT),
+        )? as u32;
+        let int4t_blocks_per_sm = std::env::var("LOWBIT_INT4T_BLOCKS_PER_SM")
+            .ok()
+            .and_then(|v| v.parse::<u32>().ok())
+            .filter(|&n| n > 0);
+        let int4t_act = std::env::var("LOWBIT_INT4T_ACT").ok();
+        let pdl_supported = major >= 9;
+        let pdl = pdl_supported && std::env::var("LOWBIT_PDL").map_or(true, |v| v != "0");
+        let no_pdl = funcs
+            .iter()
+            .filter(|(name, _)| name.starts_with("fill_random"))
+            .map(|(_, f)| f.cu_function() as usize)
+            .collect();
+        let int4t_ws = std::sync::Mutex::new((
+            drv("allocate int4t workspace", stream.alloc_zeros::<f32>(256))?,
+            drv("allocate int4t counters", stream.alloc_zeros::<u32>(1))?,
+        ));
         Ok(CudaBackend {
             ctx,
             stream,
@@ -283,7 +439,67 @@ impl CudaBackend {
             int4_kernel,
             max_dyn_smem,
             xh,
+            int4t_ws,
+            sms,
+            int4t_blocks_per_sm,
+            int4t_act,
+            occupancy: std::sync::Mutex::new(HashMap::new()),
+            pdl,
+            pdl_supported,
+            no_pdl,
         })
+    }
+
+    /// Make the tiled INT4 workspace large enough for a matrix of `rows` rows.
+    fn reserve_int4t_workspace(&self, rows: usize) -> Result<()> {
+        let tiles = rows.div_ceil(16);
+        let mut ws = self.int4t_ws.lock().unwrap_or_else(|e| e.into_inner());
+        if ws.1.len() < tiles {
+            *ws = (self.alloc::<f32>(tiles * 256)?, self.alloc::<u32>(tiles)?);
+        }
+        Ok(())
+    }
+
+    /// Blocks of `kernel` (of `threads` threads) resident per SM with `smem` bytes of dynamic
+    /// shared memory; cached, so launches do not query the driver every time.
+    fn blocks_per_sm(&self, kernel: &str, threads: u32, smem: usize) -> Result<u32> {
+        let key = (kernel.to_string(), smem);
+        let mut cache = self.occupancy.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(&n) = cache.get(&key) {
+            return Ok(n);
+        }
+        let n = drv(
+            format!("occupancy of {kernel}"),
+            self.func(kernel)?
+                .occupancy_max_active_blocks_per_multiprocessor(threads, smem, None),
+        )?;
+        cache.insert(key, n);
+        Ok(n)
+    }
+
+    /// (kernel name, grid blocks, dynamic shared memory) of the tiled INT4 GEMV for this call.
+    /// Activations are staged in shared memory when at least two blocks per SM still fit
+    /// (one block of 8 warps per SM leaves too few loads in flight), else read through L1.
+    pub fn int4t_launch_plan(&self, batch: usize, cols: usize) -> Result<(String, u32, usize)> {
+        let threads = INT4T_WARPS * 32;
+        let smem = batch * (cols / 8 + 4) * 16;
+        let smem_name = format!("gemv_int4t_smem_b{batch}");
+        let l1_name = format!("gemv_int4t_b{batch}");
+        let use_smem = match self.int4t_act.as_deref() {
+            Some("smem") => smem <= self.max_dyn_smem,
+            Some("l1") => false,
+            _ => smem <= self.max_dyn_smem && self.blocks_per_sm(&smem_name, threads, smem)? >= 2,
+        };
+        let (name, smem) = if use_smem {
+            (smem_name, smem)
+        } else {
+            (l1_name, 0)
+        };
+        let per_sm = match self.int4t_blocks_per_sm {
+            Some(n) => n,
+            None => self.blocks_per_sm(&name, threads, smem)?.max(1),
+        };
+        Ok((name, self.sms * per_sm, smem))
     }
 
     pub fn int4_kernel(&self) -> Int4Kernel {
@@ -351,6 +567,21 @@ impl CudaBackend {
         data: &[u8],
         scales: Option<&[u16]>,
     ) -> Result<DeviceMatrix> {
+        if format == WeightFormat::Int4G128Tiled {
+            // Given in the row-major INT4 layout; repacked here.
+            let scales = scales.ok_or_else(|| {
+                Error::Shape(format!("int4g128t matrix {rows}x{cols}: scales missing"))
+            })?;
+            let (tiled, tiled_scales) = tile_int4_g128(rows, cols, data, scales)?;
+            self.reserve_int4t_workspace(rows)?;
+            return Ok(DeviceMatrix {
+                format,
+                rows,
+                cols,
+                data: self.upload(&tiled)?,
+                scales: Some(self.upload(&tiled_scales)?),
+            });
+        }
         check_shape(format, rows, cols)?;
         let (nbytes, nscales) = format.sizes(rows, cols);
         if data.len() != nbytes {
@@ -395,7 +626,10 @@ impl CudaBackend {
         let mut scales = None;
         let cfg = grid_stride_cfg();
         match format {
-            WeightFormat::Int4G128 => {
+            WeightFormat::Int4G128 | WeightFormat::Int4G128Tiled => {
+                if format == WeightFormat::Int4G128Tiled {
+                    self.reserve_int4t_workspace(rows)?;
+                }
                 let f = self.func("fill_random_u32")?;
                 let n = (nbytes / 4) as u64;
                 self.launch(f, cfg, |b| b.arg(&mut data).arg(&n).arg(&seed))?;
@@ -467,18 +701,67 @@ impl CudaBackend {
         })
     }
 
+    /// Launch `f`; with programmatic dependent launch on (sm_90+, `LOWBIT_PDL` not 0) every
+    /// kernel except the random fills is launched with programmatic stream serialization, so it
+    /// may start before the previous kernel ends (each such kernel calls pdl_wait() before
+    /// touching data another kernel wrote: kernels/common.cu).
     fn launch<'a>(
         &'a self,
         f: &'a CudaFunction,
         cfg: LaunchConfig,
-        args: impl for<'b> FnOnce(
-            &'b mut cudarc::driver::LaunchArgs<'a>,
-        ) -> &'b mut cudarc::driver::LaunchArgs<'a>,
+        args: impl for<'b> FnOnce(&'b mut KernelArgs<'a>) -> &'b mut KernelArgs<'a>,
     ) -> Result<()> {
-        let mut b = self.stream.launch_builder(f);
-        args(&mut b);
-        // SAFETY: every wrapper checks buffer lengths against the sizes the kernel indexes.
-        drv("kernel launch", unsafe { b.launch(cfg) }).map(|_| ())
+        use cudarc::driver::sys;
+        let mut ka = KernelArgs {
+            stream: &self.stream,
+            slots: Vec::with_capacity(16),
+        };
+        args(&mut ka);
+        let mut params: Vec<*mut std::ffi::c_void> = ka
+            .slots
+            .iter_mut()
+            .map(|s| s as *mut u64 as *mut std::ffi::c_void)
+            .collect();
+        let pdl = self.pdl && !self.no_pdl.contains(&(f.cu_function() as usize));
+        // SAFETY: an all-zero attribute value is valid; only the field for the id is read.
+        let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+        attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+        attr.value.programmaticStreamSerializationAllowed = 1;
+        let config = sys::CUlaunchConfig {
+            gridDimX: cfg.grid_dim.0,
+            gridDimY: cfg.grid_dim.1,
+            gridDimZ: cfg.grid_dim.2,
+            blockDimX: cfg.block_dim.0,
+            blockDimY: cfg.block_dim.1,
+            blockDimZ: cfg.block_dim.2,
+            sharedMemBytes: cfg.shared_mem_bytes,
+            hStream: self.stream.cu_stream(),
+            attrs: if pdl { &mut attr } else { std::ptr::null_mut() },
+            numAttrs: pdl as u32,
+        };
+        drv("bind context", self.ctx.bind_to_thread())?;
+        // SAFETY: every wrapper checks buffer lengths against the sizes the kernel indexes, and
+        // passes exactly the kernel's parameters in order; `params` points into `ka.slots`,
+        // which outlives the call.
+        let r = unsafe {
+            sys::cuLaunchKernelEx(
+                &config,
+                f.cu_function(),
+                params.as_mut_ptr(),
+                std::ptr::null_mut(),
+            )
+        };
+        drv("kernel launch", r.result())
+    }
+
+    /// Whether kernels are launched with programmatic dependent launch.
+    pub fn pdl(&self) -> bool {
+        self.pdl
+    }
+
+    /// Turn programmatic dependent launch on or off (results are the same either way).
+    pub fn set_pdl(&mut self, on: bool) {
+        self.pdl = on && self.pdl_supported;
     }
 
     /// y[b][0..rows] = W x[b] for b < batch (1..=8); x is [batch][cols], y is [batch][rows].
@@ -489,13 +772,46 @@ impl CudaBackend {
         batch: usize,
         y: &mut CudaSlice<f32>,
     ) -> Result<()> {
-        if !(1..=MAX_BATCH).contains(&batch) {
+        let max_batch = if w.format == WeightFormat::Int4G128Tiled {
+            MAX_BATCH_TILED
+        } else {
+            MAX_BATCH
+        };
+        if !(1..=max_batch).contains(&batch) {
             return Err(Error::Shape(format!(
-                "gemv batch must be 1..={MAX_BATCH}, got {batch}"
+                "gemv batch for {} must be 1..={max_batch}, got {batch}",
+                w.format.name()
             )));
         }
         check_len("gemv x", x.len(), batch * w.cols)?;
         check_len("gemv y", y.len(), batch * w.rows)?;
+        if w.format == WeightFormat::Int4G128Tiled {
+            let scales = w
+                .scales
+                .as_ref()
+                .ok_or_else(|| Error::Shape("int4g128t matrix without scales".into()))?;
+            let mut ws = self.int4t_ws.lock().unwrap_or_else(|e| e.into_inner());
+            check_len("int4t counters", ws.1.len(), w.rows.div_ceil(16))?;
+            let (name, grid, smem) = self.int4t_launch_plan(batch, w.cols)?;
+            let f = self.func(&name)?;
+            let cfg = LaunchConfig {
+                grid_dim: (grid, 1, 1),
+                block_dim: (INT4T_WARPS * 32, 1, 1),
+                shared_mem_bytes: smem as u32,
+            };
+            let (n, k) = (w.rows as i32, w.cols as i32);
+            let (wsf, cnt) = &mut *ws;
+            return self.launch(f, cfg, |b| {
+                b.arg(&w.data)
+                    .arg(scales)
+                    .arg(x)
+                    .arg(y)
+                    .arg(wsf)
+                    .arg(cnt)
+                    .arg(&n)
+                    .arg(&k)
+            });
+        }
         if w.format == WeightFormat::Int4G128 {
             if let Int4Kernel::Staged { tiles, prepass } = self.int4_kernel.resolve(batch) {
                 let smem = batch * (w.cols / 8 + 4) * 16;
@@ -589,6 +905,85 @@ impl CudaBackend {
         };
         let n = n as i32;
         self.launch(f, cfg, |b| b.arg(x).arg(w).arg(y).arg(&n).arg(&eps))
+    }
+
+    /// x[r] += delta[r], then y[r] = rmsnorm(x[r]) * w, for `rows` rows of `n` (one kernel).
+    #[allow(clippy::too_many_arguments)]
+    pub fn add_rmsnorm(
+        &self,
+        x: &mut CudaSlice<f32>,
+        delta: &CudaSlice<f32>,
+        w: &CudaSlice<f32>,
+        y: &mut CudaSlice<f32>,
+        rows: usize,
+        n: usize,
+        eps: f32,
+    ) -> Result<()> {
+        check_len("add_rmsnorm x", x.len(), rows * n)?;
+        check_len("add_rmsnorm delta", delta.len(), rows * n)?;
+        check_len("add_rmsnorm y", y.len(), rows * n)?;
+        check_len("add_rmsnorm weight", w.len(), n)?;
+        let f = self.func("add_rmsnorm_f32")?;
+        let cfg = LaunchConfig {
+            grid_dim: (rows as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let n = n as i32;
+        self.launch(f, cfg, |b| {
+            b.arg(x).arg(delta).arg(w).arg(y).arg(&n).arg(&eps)
+        })
+    }
+
+    /// From a fused qkv projection ([q][k][v], one token): rotate q into `q_out`, rotate k and
+    /// store it and v into the bf16 caches at position `pos[0]` (one kernel instead of the
+    /// split copies, two ropes and store_kv).
+    #[allow(clippy::too_many_arguments)]
+    pub fn qkv_rope_store(
+        &self,
+        qkv: &CudaSlice<f32>,
+        q_out: &mut CudaSlice<f32>,
+        kc: &mut CudaSlice<u16>,
+        vc: &mut CudaSlice<u16>,
+        n_heads: usize,
+        n_kv: usize,
+        hd: usize,
+        max_seq: usize,
+        pos: &CudaSlice<i32>,
+        theta: f32,
+        neox: bool,
+    ) -> Result<()> {
+        if hd % 2 != 0 {
+            return Err(Error::Shape(format!(
+                "rope head_dim must be even, got {hd}"
+            )));
+        }
+        check_len("qkv", qkv.len(), (n_heads + 2 * n_kv) * hd)?;
+        check_len("q out", q_out.len(), n_heads * hd)?;
+        check_len("k cache", kc.len(), n_kv * max_seq * hd)?;
+        check_len("v cache", vc.len(), n_kv * max_seq * hd)?;
+        let f = self.func("qkv_rope_store_f32")?;
+        let total = ((n_heads + n_kv) * hd / 2 + n_kv * hd) as u32;
+        let (nh, nk, h, m, nx) = (
+            n_heads as i32,
+            n_kv as i32,
+            hd as i32,
+            max_seq as i32,
+            neox as i32,
+        );
+        self.launch(f, LaunchConfig::for_num_elems(total), |b| {
+            b.arg(qkv)
+                .arg(q_out)
+                .arg(kc)
+                .arg(vc)
+                .arg(&nh)
+                .arg(&nk)
+                .arg(&h)
+                .arg(&m)
+                .arg(pos)
+                .arg(&theta)
+                .arg(&nx)
+        })
     }
 
     /// Rotary embedding in place on [n_heads][head_dim] at position `pos[0]` (device int).
@@ -858,4 +1253,51 @@ pub fn ptx_entries(ptx: &str) -> Vec<String> {
             Some(rest[..end].to_string())
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Walk the tiled layout the way `gemv_int4t` addresses it (unit, lane, half, word, nibble)
+    /// and check every code and scale lands where the row-major matrix had it.
+    #[test]
+    fn tiled_layout_matches_kernel_addressing() {
+        let (rows, cols) = (37usize, 384usize);
+        let codes: Vec<u8> = (0..rows * cols)
+            .map(|i| ((i * 7 + i / 5) % 16) as u8)
+            .collect();
+        let words = lowbit_formats::pack::pack(&codes, 4).unwrap();
+        let data: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        let scales: Vec<u16> = (0..rows * cols / 128).map(|i| i as u16 + 1).collect();
+        let (tiled, tscales) = tile_int4_g128(rows, cols, &data, &scales).unwrap();
+        let groups = cols / 128;
+        for tile in 0..rows.div_ceil(16) {
+            for grp in 0..groups {
+                let unit = tile * groups + grp;
+                for lane in 0..32 {
+                    let (g, t) = (lane / 4, lane % 4);
+                    for half in 0..2 {
+                        let row = tile * 16 + g + 8 * half;
+                        let sc = tscales[unit * 16 + g + 8 * half];
+                        for j in 0..4 {
+                            let off = unit * 1024 + half * 512 + lane * 16 + 4 * j;
+                            let word = u32::from_le_bytes(tiled[off..off + 4].try_into().unwrap());
+                            for n in 0..8 {
+                                let code = ((word >> (4 * n)) & 15) as u8;
+                                let k = grp * 128 + 32 * t + 8 * j + n;
+                                if row < rows {
+                                    assert_eq!(code, codes[row * cols + k], "row {row} k {k}");
+                                    assert_eq!(sc, scales[row * groups + grp]);
+                                } else {
+                                    assert_eq!((code, sc), (8, 0), "padding row {row}");
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert!(tile_int4_g128(rows, cols, &data[1..], &scales).is_err());
+    }
 }

@@ -55,6 +55,7 @@ impl ModelShape {
             ("k/v proj", kv, self.dim),
             ("gate/up", self.ffn, self.dim),
             ("down", self.dim, self.ffn),
+            ("lm head", self.vocab, self.dim),
         ]
     }
 }
@@ -76,6 +77,10 @@ pub struct GemvTiming {
     pub bytes: usize,
     pub us: f64,
     pub gbps: f64,
+    /// The same passes captured once as a CUDA graph and replayed: no host launch gaps (small
+    /// matrices run faster than the host can launch them one by one).
+    pub graph_us: f64,
+    pub graph_gbps: f64,
 }
 
 /// Time y = W x for one shape; rotates over enough weight copies (>= 256 MiB together) that
@@ -104,6 +109,24 @@ pub fn time_gemv(
         }
         Ok(())
     })? / inner as f64;
+    let stream = be.stream().clone();
+    be.synchronize()?;
+    drv(
+        "begin graph capture",
+        stream.begin_capture(
+            cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL,
+        ),
+    )?;
+    let captured = ws.iter().try_for_each(|w| be.gemv(w, &x, batch, &mut y));
+    let graph = drv(
+        "end graph capture",
+        stream.end_capture(cudarc::driver::sys::CUgraphInstantiate_flags(0)),
+    )?;
+    captured?;
+    let graph =
+        graph.ok_or_else(|| Error::Shape("graph capture of the GEMV passes was empty".into()))?;
+    drv("graph upload", graph.upload())?;
+    let graph_ms = be.time_ms(2, reps, || drv("graph launch", graph.launch()))? / inner as f64;
     Ok(GemvTiming {
         rows,
         cols,
@@ -111,6 +134,8 @@ pub fn time_gemv(
         bytes: one,
         us: ms * 1e3,
         gbps: one as f64 / (ms * 1e-3) / 1e9,
+        graph_us: graph_ms * 1e3,
+        graph_gbps: one as f64 / (graph_ms * 1e-3) / 1e9,
     })
 }
 
@@ -195,6 +220,10 @@ impl SyntheticModel {
 pub struct DecodeTiming {
     pub eager_ms: f64,
     pub graph_ms: f64,
+    /// Sum of the final logits after the eager loop and after the graph loop: both decode the
+    /// same tokens from the same start, so these agree unless a kernel races.
+    pub eager_checksum: f64,
+    pub graph_checksum: f64,
 }
 
 /// Greedy decode of `n_tokens` tokens from position 0 with no host round trip per token
@@ -205,6 +234,7 @@ pub fn decode(
     m: &mut SyntheticModel,
     n_tokens: usize,
     max_seq: usize,
+    fused: bool,
 ) -> Result<DecodeTiming> {
     if n_tokens > max_seq {
         return Err(Error::Shape(format!(
@@ -232,68 +262,120 @@ pub fn decode(
     let mut token = be.upload(&[1i32])?;
     let mut pos = be.upload(&[0i32])?;
     let stream = be.stream().clone();
-    let mut step = |be: &CudaBackend, pos: &mut CudaSlice<i32>| -> Result<()> {
-        be.embed(&m.embedding, &token, &mut x, s.dim)?;
-        for l in m.layers.iter_mut() {
-            be.rmsnorm(&x, &l.attn_norm, &mut xn, 1, s.dim, 1e-5)?;
-            be.gemv(&l.wqkv, &xn, 1, &mut qkv)?;
-            // Split the fused qkv output (device copies are cheap next to the weights).
-            drv("split q", stream.memcpy_dtod(&qkv.slice(0..qd), &mut q))?;
-            drv(
-                "split k",
-                stream.memcpy_dtod(&qkv.slice(qd..qd + kvd), &mut k),
-            )?;
-            drv(
-                "split v",
-                stream.memcpy_dtod(&qkv.slice(qd + kvd..qd + 2 * kvd), &mut v),
-            )?;
-            be.rope(&mut q, s.n_heads, s.head_dim, &*pos, s.rope_theta, true)?;
-            be.rope(&mut k, s.n_kv, s.head_dim, &*pos, s.rope_theta, true)?;
-            be.store_kv(
-                &k,
-                &v,
-                &mut l.k_cache,
-                &mut l.v_cache,
-                s.n_kv,
-                s.head_dim,
-                max_seq,
-                &*pos,
-            )?;
-            be.attention_decode(
-                &q,
-                &l.k_cache,
-                &l.v_cache,
-                &mut att,
-                &mut scratch,
-                s.n_heads,
-                s.n_kv,
-                s.head_dim,
-                max_seq,
-                &*pos,
-                split_len,
-            )?;
-            be.gemv(&l.wo, &att, 1, &mut o)?;
-            be.add(&mut x, &o, s.dim)?;
-            be.rmsnorm(&x, &l.ffn_norm, &mut xn, 1, s.dim, 1e-5)?;
-            be.gemv(&l.w_gate_up, &xn, 1, &mut gu)?;
-            be.silu_mul(&gu, &mut h, s.ffn, 1)?;
-            be.gemv(&l.w_down, &h, 1, &mut o)?;
-            be.add(&mut x, &o, s.dim)?;
+    let mut step = |be: &CudaBackend,
+                    pos: &mut CudaSlice<i32>,
+                    token: &mut CudaSlice<i32>,
+                    logits: &mut CudaSlice<f32>|
+     -> Result<()> {
+        be.embed(&m.embedding, &*token, &mut x, s.dim)?;
+        if fused {
+            // Fused step: qkv split + ropes + cache store in one kernel, each residual add
+            // fused with the next norm (10 launches per layer instead of 17).
+            be.rmsnorm(&x, &m.layers[0].attn_norm, &mut xn, 1, s.dim, 1e-5)?;
+            let n_layers = m.layers.len();
+            for li in 0..n_layers {
+                let (cur, rest) = m.layers.split_at_mut(li + 1);
+                let l = &mut cur[li];
+                let next_norm = rest.first().map_or(&m.final_norm, |n| &n.attn_norm);
+                be.gemv(&l.wqkv, &xn, 1, &mut qkv)?;
+                be.qkv_rope_store(
+                    &qkv,
+                    &mut q,
+                    &mut l.k_cache,
+                    &mut l.v_cache,
+                    s.n_heads,
+                    s.n_kv,
+                    s.head_dim,
+                    max_seq,
+                    &*pos,
+                    s.rope_theta,
+                    true,
+                )?;
+                be.attention_decode(
+                    &q,
+                    &l.k_cache,
+                    &l.v_cache,
+                    &mut att,
+                    &mut scratch,
+                    s.n_heads,
+                    s.n_kv,
+                    s.head_dim,
+                    max_seq,
+                    &*pos,
+                    split_len,
+                )?;
+                be.gemv(&l.wo, &att, 1, &mut o)?;
+                be.add_rmsnorm(&mut x, &o, &l.ffn_norm, &mut xn, 1, s.dim, 1e-5)?;
+                be.gemv(&l.w_gate_up, &xn, 1, &mut gu)?;
+                be.silu_mul(&gu, &mut h, s.ffn, 1)?;
+                be.gemv(&l.w_down, &h, 1, &mut o)?;
+                be.add_rmsnorm(&mut x, &o, next_norm, &mut xn, 1, s.dim, 1e-5)?;
+            }
+        } else {
+            for l in m.layers.iter_mut() {
+                be.rmsnorm(&x, &l.attn_norm, &mut xn, 1, s.dim, 1e-5)?;
+                be.gemv(&l.wqkv, &xn, 1, &mut qkv)?;
+                // Split the fused qkv output (device copies are cheap next to the weights).
+                drv("split q", stream.memcpy_dtod(&qkv.slice(0..qd), &mut q))?;
+                drv(
+                    "split k",
+                    stream.memcpy_dtod(&qkv.slice(qd..qd + kvd), &mut k),
+                )?;
+                drv(
+                    "split v",
+                    stream.memcpy_dtod(&qkv.slice(qd + kvd..qd + 2 * kvd), &mut v),
+                )?;
+                be.rope(&mut q, s.n_heads, s.head_dim, &*pos, s.rope_theta, true)?;
+                be.rope(&mut k, s.n_kv, s.head_dim, &*pos, s.rope_theta, true)?;
+                be.store_kv(
+                    &k,
+                    &v,
+                    &mut l.k_cache,
+                    &mut l.v_cache,
+                    s.n_kv,
+                    s.head_dim,
+                    max_seq,
+                    &*pos,
+                )?;
+                be.attention_decode(
+                    &q,
+                    &l.k_cache,
+                    &l.v_cache,
+                    &mut att,
+                    &mut scratch,
+                    s.n_heads,
+                    s.n_kv,
+                    s.head_dim,
+                    max_seq,
+                    &*pos,
+                    split_len,
+                )?;
+                be.gemv(&l.wo, &att, 1, &mut o)?;
+                be.add(&mut x, &o, s.dim)?;
+                be.rmsnorm(&x, &l.ffn_norm, &mut xn, 1, s.dim, 1e-5)?;
+                be.gemv(&l.w_gate_up, &xn, 1, &mut gu)?;
+                be.silu_mul(&gu, &mut h, s.ffn, 1)?;
+                be.gemv(&l.w_down, &h, 1, &mut o)?;
+                be.add(&mut x, &o, s.dim)?;
+            }
+            be.rmsnorm(&x, &m.final_norm, &mut xn, 1, s.dim, 1e-5)?;
         }
-        be.rmsnorm(&x, &m.final_norm, &mut xn, 1, s.dim, 1e-5)?;
-        be.gemv(&m.lm_head, &xn, 1, &mut logits)?;
-        be.argmax(&logits, s.vocab, &mut token, pos)
+        be.gemv(&m.lm_head, &xn, 1, logits)?;
+        be.argmax(&*logits, s.vocab, token, pos)
     };
     // Warm up (one token), then reset the position and time the loop.
-    step(be, &mut pos)?;
+    step(be, &mut pos, &mut token, &mut logits)?;
     be.synchronize()?;
     drv("reset pos", be.stream().memcpy_htod(&[0i32], &mut pos))?;
+    drv("reset token", be.stream().memcpy_htod(&[1i32], &mut token))?;
     let eager_ms = be.time_ms(0, 1, || {
         for _ in 0..n_tokens {
-            step(be, &mut pos)?;
+            step(be, &mut pos, &mut token, &mut logits)?;
         }
         Ok(())
     })?;
+    let checksum = |v: Vec<f32>| v.iter().map(|&x| x as f64).sum::<f64>();
+    let eager_checksum = checksum(be.download(&logits)?);
     // The step allocates nothing and reads token and position from the device, so one capture
     // replays correctly at every position.
     be.synchronize()?;
@@ -303,7 +385,7 @@ pub fn decode(
             cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL,
         ),
     )?;
-    let captured = step(be, &mut pos);
+    let captured = step(be, &mut pos, &mut token, &mut logits);
     let graph = drv(
         "end graph capture",
         stream.end_capture(cudarc::driver::sys::CUgraphInstantiate_flags(0)),
@@ -312,6 +394,7 @@ pub fn decode(
     let graph =
         graph.ok_or_else(|| Error::Shape("graph capture of the decode step was empty".into()))?;
     drv("reset pos", be.stream().memcpy_htod(&[0i32], &mut pos))?;
+    drv("reset token", be.stream().memcpy_htod(&[1i32], &mut token))?;
     drv("graph upload", graph.upload())?;
     let graph_ms = be.time_ms(0, 1, || {
         for _ in 0..n_tokens {
@@ -325,5 +408,10 @@ pub fn decode(
             "synthetic decode produced non-finite logits".into(),
         ));
     }
-    Ok(DecodeTiming { eager_ms, graph_ms })
+    Ok(DecodeTiming {
+        eager_ms,
+        graph_ms,
+        eager_checksum,
+        graph_checksum: checksum(last),
+    })
 }

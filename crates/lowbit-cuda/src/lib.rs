@@ -14,7 +14,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
-pub use backend::{CudaBackend, DeviceMatrix, Int4Kernel, WeightFormat};
+pub use backend::{
+    tile_int4_g128, CudaBackend, DeviceMatrix, Int4Kernel, WeightFormat, MAX_BATCH, MAX_BATCH_TILED,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -162,6 +164,13 @@ pub fn compile_ptx(arch: &str) -> Result<std::sync::Arc<PtxSet>> {
                 log: format!("{e:?}"),
             }
         })?;
+        // LOWBIT_DUMP_PTX=DIR writes each module's PTX there (for ptxas -v / disassembly).
+        if let Ok(dir) = std::env::var("LOWBIT_DUMP_PTX") {
+            let path = std::path::Path::new(&dir).join(format!("{name}.{arch}.ptx"));
+            if let Err(e) = std::fs::write(&path, ptx.to_src()) {
+                eprintln!("LOWBIT_DUMP_PTX: cannot write {}: {e}", path.display());
+            }
+        }
         set.push((name, ptx));
     }
     let set = std::sync::Arc::new(set);

@@ -35,7 +35,8 @@ pub fn random_matrix(
     rng: &mut Rng,
 ) -> (Vec<u8>, Option<Vec<u16>>, Vec<f32>) {
     match format {
-        WeightFormat::Int4G128 => {
+        // The tiled format is uploaded in the row-major layout and repacked by the backend.
+        WeightFormat::Int4G128 | WeightFormat::Int4G128Tiled => {
             let codes: Vec<u8> = (0..rows * cols)
                 .map(|_| (rng.next_u64() & 15) as u8)
                 .collect();

@@ -30,11 +30,12 @@ fn gemv_all_formats_and_batches_match_cpu() {
     let mut rng = Rng::new(1);
     for format in [
         WeightFormat::Int4G128,
+        WeightFormat::Int4G128Tiled,
         WeightFormat::Q4K,
         WeightFormat::Q8_0,
         WeightFormat::Bf16,
     ] {
-        for (rows, cols) in [(37, 512), (256, 1280), (64, 4096)] {
+        for (rows, cols) in [(37, 512), (256, 1280), (64, 4096), (1000, 2048)] {
             if cols % format.k_multiple() != 0 {
                 continue;
             }
@@ -42,7 +43,12 @@ fn gemv_all_formats_and_batches_match_cpu() {
             let w = be
                 .upload_matrix(format, rows, cols, &bytes, scales.as_deref())
                 .unwrap();
-            for batch in 1..=8 {
+            let max_batch = if format == WeightFormat::Int4G128Tiled {
+                lowbit_cuda::MAX_BATCH_TILED
+            } else {
+                lowbit_cuda::MAX_BATCH
+            };
+            for batch in 1..=max_batch {
                 let x = rng.vec(batch * cols, 1.0);
                 let xd = be.upload(&x).unwrap();
                 // Poison the output so an unwritten element fails.
@@ -53,7 +59,8 @@ fn gemv_all_formats_and_batches_match_cpu() {
                 let err = r::rel_l2(&y, &want);
                 // INT4 runs on the tensor cores with activations rounded to f16 (relative
                 // 2^-11 each); the other kernels are f32 throughout.
-                let tol = if format == WeightFormat::Int4G128 {
+                let tol = if matches!(format, WeightFormat::Int4G128 | WeightFormat::Int4G128Tiled)
+                {
                     1e-3
                 } else {
                     1e-5
@@ -217,4 +224,125 @@ fn shape_errors_are_errors() {
     let mut y = be.alloc::<f32>(8).unwrap();
     assert!(be.gemv(&w, &x, 2, &mut y).is_err());
     assert!(be.gemv(&w, &x, 9, &mut y).is_err());
+}
+
+/// The tiled INT4 kernel's persistent grid splits tiles between warps; shapes with many tiles
+/// per warp, a few, and far fewer units than warps, run twice each to catch a workspace that
+/// is not left clean, and interleaved with a second matrix sharing the workspace.
+#[test]
+fn int4_tiled_split_tiles_and_workspace_reuse() {
+    let Some(be) = backend() else { return };
+    let mut rng = Rng::new(21);
+    let mut mats = Vec::new();
+    for (rows, cols) in [
+        (16, 128),
+        (33, 384),
+        (4096, 1024),
+        (14336 / 4, 4096),
+        (3000, 14336 / 2),
+    ] {
+        let (bytes, scales, vals) =
+            r::random_matrix(WeightFormat::Int4G128Tiled, rows, cols, &mut rng);
+        let w = be
+            .upload_matrix(
+                WeightFormat::Int4G128Tiled,
+                rows,
+                cols,
+                &bytes,
+                scales.as_deref(),
+            )
+            .unwrap();
+        mats.push((w, vals, rows, cols));
+    }
+    for round in 0..2 {
+        for (w, vals, rows, cols) in &mats {
+            for batch in [1, 3, 8, 16] {
+                let x = rng.vec(batch * cols, 1.0);
+                let xd = be.upload(&x).unwrap();
+                let mut yd = be.upload(&vec![f32::NAN; batch * rows]).unwrap();
+                be.gemv(w, &xd, batch, &mut yd).unwrap();
+                let err = r::rel_l2(
+                    &be.download(&yd).unwrap(),
+                    &r::gemv(vals, *rows, *cols, &x, batch),
+                );
+                assert!(
+                    err < 1e-3,
+                    "round {round} {rows}x{cols} batch {batch}: rel L2 {err:e}"
+                );
+            }
+        }
+    }
+    for batch in [1, 8, 16] {
+        println!(
+            "int4t plan batch {batch}, K 4096: {:?}",
+            be.int4t_launch_plan(batch, 4096).unwrap()
+        );
+    }
+}
+
+/// The fused decode-step kernels compute exactly what the separate ones do.
+#[test]
+fn fused_step_kernels_match_separate_ones() {
+    let Some(be) = backend() else { return };
+    let mut rng = Rng::new(31);
+    // add_rmsnorm == add then rmsnorm (bit for bit: same operations in the same order per
+    // element; the block sums are the same reduction).
+    let n = 4096;
+    let (x0, d, w) = (rng.vec(n, 2.0), rng.vec(n, 1.0), rng.vec(n, 1.0));
+    let (dd, wd) = (be.upload(&d).unwrap(), be.upload(&w).unwrap());
+    let mut xa = be.upload(&x0).unwrap();
+    let mut ya = be.alloc::<f32>(n).unwrap();
+    be.add_rmsnorm(&mut xa, &dd, &wd, &mut ya, 1, n, 1e-5)
+        .unwrap();
+    let mut xb = be.upload(&x0).unwrap();
+    let mut yb = be.alloc::<f32>(n).unwrap();
+    be.add(&mut xb, &dd, n).unwrap();
+    be.rmsnorm(&xb, &wd, &mut yb, 1, n, 1e-5).unwrap();
+    assert_eq!(be.download(&xa).unwrap(), be.download(&xb).unwrap());
+    let want: Vec<f64> = be
+        .download(&yb)
+        .unwrap()
+        .iter()
+        .map(|&v| v as f64)
+        .collect();
+    let err = r::rel_l2(&be.download(&ya).unwrap(), &want);
+    assert!(err < 1e-6, "add_rmsnorm rel L2 {err:e}");
+    // qkv_rope_store == split + rope(q) + rope(k) + store_kv, at a few positions.
+    let (nh, nkv, hd, max_seq) = (8, 2, 128, 64);
+    for p in [0, 5, 63] {
+        let qkv = rng.vec((nh + 2 * nkv) * hd, 1.0);
+        let qkvd = be.upload(&qkv).unwrap();
+        let pos = be.upload(&[p]).unwrap();
+        let mut q1 = be.alloc::<f32>(nh * hd).unwrap();
+        let mut kc1 = be.alloc::<u16>(nkv * max_seq * hd).unwrap();
+        let mut vc1 = be.alloc::<u16>(nkv * max_seq * hd).unwrap();
+        be.qkv_rope_store(
+            &qkvd, &mut q1, &mut kc1, &mut vc1, nh, nkv, hd, max_seq, &pos, 10000.0, true,
+        )
+        .unwrap();
+        let mut q2 = be.upload(&qkv[..nh * hd]).unwrap();
+        let mut k2 = be.upload(&qkv[nh * hd..(nh + nkv) * hd]).unwrap();
+        let v2 = be.upload(&qkv[(nh + nkv) * hd..]).unwrap();
+        let mut kc2 = be.alloc::<u16>(nkv * max_seq * hd).unwrap();
+        let mut vc2 = be.alloc::<u16>(nkv * max_seq * hd).unwrap();
+        be.rope(&mut q2, nh, hd, &pos, 10000.0, true).unwrap();
+        be.rope(&mut k2, nkv, hd, &pos, 10000.0, true).unwrap();
+        be.store_kv(&k2, &v2, &mut kc2, &mut vc2, nkv, hd, max_seq, &pos)
+            .unwrap();
+        assert_eq!(
+            be.download(&q1).unwrap(),
+            be.download(&q2).unwrap(),
+            "q at {p}"
+        );
+        assert_eq!(
+            be.download(&kc1).unwrap(),
+            be.download(&kc2).unwrap(),
+            "k cache at {p}"
+        );
+        assert_eq!(
+            be.download(&vc1).unwrap(),
+            be.download(&vc2).unwrap(),
+            "v cache at {p}"
+        );
+    }
 }

@@ -13,6 +13,7 @@ __device__ __forceinline__ void attn_split(const float* __restrict__ q, const u1
                                            const u16* __restrict__ vc, float* __restrict__ part_o,
                                            float* __restrict__ part_ml, int n_heads, int n_kv, int max_seq,
                                            const int* __restrict__ last_pos, int split_len, float scale) {
+    PDL_ENTRY();
     constexpr int D = HD / 32;  // dims per lane
     __shared__ float sm_m[ATTN_WARPS], sm_l[ATTN_WARPS];
     __shared__ float sm_acc[ATTN_WARPS][HD];
@@ -75,6 +76,7 @@ __device__ __forceinline__ void attn_split(const float* __restrict__ q, const u1
 template <int HD>
 __device__ __forceinline__ void attn_merge(const float* __restrict__ part_o, const float* __restrict__ part_ml,
                                            float* __restrict__ out, int n_splits) {
+    PDL_ENTRY();
     int head = blockIdx.x, d = threadIdx.x;
     if (d >= HD) return;
     float M = NEG_BIG;

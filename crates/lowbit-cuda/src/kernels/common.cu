@@ -57,3 +57,25 @@ __device__ __forceinline__ float block_sum(float v) {
 __device__ __forceinline__ float nib(u32 word, int shift, float magic) {
     return __uint_as_float(0x4B000000u | ((word >> shift) & 0xFu)) - magic;
 }
+
+// Programmatic dependent launch (Hopper): a kernel launched with the programmatic-serialization
+// attribute may start while the previous kernel in the stream is still running. Such a kernel
+// must call pdl_wait() before it reads anything an earlier kernel wrote or writes anything an
+// earlier kernel may still read; work before it may only touch constant data (weights).
+// pdl_launch_dependents() lets the next kernel be scheduled early. Both are no-ops when the
+// kernel was launched normally or on GPUs before sm_90.
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" :::);
+#endif
+}
+#define PDL_ENTRY() \
+    do {                        \
+        pdl_launch_dependents(); \
+        pdl_wait();             \
+    } while (0)

@@ -85,6 +85,7 @@ template <int B>
 __device__ __forceinline__ void gemv_int4_g128_mma(const uint4* __restrict__ w, const u16* __restrict__ scales,
                                                    const float* __restrict__ x, float* __restrict__ y, int N,
                                                    int K) {
+    PDL_ENTRY();
     __shared__ float red[INT4_WARPS][16][8];
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     int g = lane >> 2, t = lane & 3;
@@ -189,6 +190,7 @@ __device__ __forceinline__ uint4 int4_act_pack(float4 lo, float4 hi) {
 // Pre-pass: x f32 [B][K] -> xh in the permuted f16 layout ([B][K/8] uint4), so the GEMV copies
 // 2 bytes per value into shared memory instead of reading and converting 4.
 extern "C" __global__ void int4_act_to_f16(const float4* __restrict__ x, uint4* __restrict__ xh, int nchunks) {
+    PDL_ENTRY();
     int c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c < nchunks) xh[int4_act_slot(c)] = int4_act_pack(__ldg(x + 2 * c), __ldg(x + 2 * c + 1));
 }
@@ -204,6 +206,7 @@ template <int B, int RT, bool XH>
 __device__ __forceinline__ void gemv_int4_g128_staged(const uint4* __restrict__ w, const u16* __restrict__ scales,
                                                       const void* __restrict__ xsrc, float* __restrict__ y, int N,
                                                       int K) {
+    PDL_ENTRY();
     extern __shared__ uint4 xs[];
     __shared__ float red[INT4_WARPS][16][8];
     constexpr int KW = INT4_WARPS / RT;
@@ -309,6 +312,7 @@ INT4_STAGED_INSTANCES(8)
 template <int B>
 __device__ __forceinline__ void gemv_q8_0(const u16* __restrict__ w, const float* __restrict__ x,
                                           float* __restrict__ y, int N, int K) {
+    PDL_ENTRY();
     int lane = threadIdx.x & 31;
     int row = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
     if (row >= N) return;
@@ -358,6 +362,7 @@ __device__ __forceinline__ u32 scale_byte(u32 s0, u32 s1, u32 s2, int k) {
 template <int B>
 __device__ __forceinline__ void gemv_q4_k(const u8* __restrict__ w, const float* __restrict__ x,
                                           float* __restrict__ y, int N, int K) {
+    PDL_ENTRY();
     int lane = threadIdx.x & 31;
     int row = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
     if (row >= N) return;
@@ -422,6 +427,7 @@ __device__ __forceinline__ void gemv_q4_k(const u8* __restrict__ w, const float*
 template <int B>
 __device__ __forceinline__ void gemv_bf16(const uint4* __restrict__ w, const float* __restrict__ x,
                                           float* __restrict__ y, int N, int K) {
+    PDL_ENTRY();
     int lane = threadIdx.x & 31;
     int row = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
     if (row >= N) return;
@@ -480,3 +486,243 @@ GEMV_INSTANCES(5)
 GEMV_INSTANCES(6)
 GEMV_INSTANCES(7)
 GEMV_INSTANCES(8)
+
+// ---------------------------------------------------------------------------------------------
+// INT4 g128 in the tiled layout ("int4g128t"), streamed by a persistent grid (batch 1..16).
+//
+// Why: the row-major kernels above top out at 50-60% of copy bandwidth at batch 1. Each warp
+// load touches 8 rows x 64 bytes (scattered 64-byte pieces of rows K/2 bytes apart), and each
+// block does one short round of loads, a reduction and exits, so the memory pipe idles between
+// block generations and in the last partial wave. Here the weights are repacked once, at upload,
+// so that the unit of work -- 16 rows x one group of 128 -- is 1 KB of contiguous bytes laid out
+// exactly as the warp's registers want them, and the grid has one or two blocks per SM whose
+// warps each stream one contiguous range of units, loading the next P units while computing
+// the current ones.
+//
+// Layout: tiles of 16 rows (the last padded), unit u = tile * (K/128) + group at byte u * 1024.
+// In a unit, lane L (g = L/4, t = L%4) finds at uint4 index L the 32 codes of row g, k = 32t..
+// 32t+31 of the group (four u32 words in lowbit-formats' pack order, codes q + 8), and at uint4
+// index 32 + L the same for row g + 8. Scales: f16, 16 per unit (rows 0..15 of the tile) at
+// u * 16. The mma use is the same as gemv_int4_g128_mma: batch columns ride in the mma's N = 8
+// (two mma column tiles for batch 9..16).
+//
+// A tile whose units are split between warps is finished through a workspace: each warp adds
+// its partial sums into ws[tile] (f32 atomics at L2) and then its unit count into
+// counters[tile]; the warp that completes the count writes y from ws and clears ws and the
+// counter again, so the workspace is all zeros between launches. Warps that own a whole tile
+// write y directly. (With three or more warps on one tile the order of the float additions
+// varies between runs; with two it does not.)
+#ifndef INT4T_P
+#define INT4T_P 2
+#endif
+#ifndef INT4T_WARPS
+#define INT4T_WARPS 8
+#endif
+
+#ifndef INT4T_LDG
+#define INT4T_LDG 0
+#endif
+__device__ __forceinline__ uint4 ld_stream_u4(const uint4* p) {
+#if INT4T_LDG
+    return __ldg(p);
+#endif
+    uint4 v;
+    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(p));
+    return v;
+}
+
+template <int B>
+__device__ __forceinline__ void int4t_flush(const float (&acc)[(B + 7) / 8][4], int tile, int u0, int u1,
+                                            int G, int N, int g, int t, int lane, float* __restrict__ y,
+                                            float* __restrict__ ws, unsigned* __restrict__ counters) {
+    constexpr int NB = (B + 7) / 8;
+    int first = tile * G, last = first + G;
+    int ra = tile * 16 + g, rb = ra + 8;
+    if (first >= u0 && last <= u1) {
+#pragma unroll
+        for (int c = 0; c < NB; c++)
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                int b = 8 * c + 2 * t + h;
+                if (b < B) {
+                    if (ra < N) y[(size_t)b * N + ra] = acc[c][h];
+                    if (rb < N) y[(size_t)b * N + rb] = acc[c][2 + h];
+                }
+            }
+        return;
+    }
+    float* wt = ws + (size_t)tile * 256;  // [16 rows][16 batch]
+#pragma unroll
+    for (int c = 0; c < NB; c++)
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            int b = 8 * c + 2 * t + h;
+            if (b < B) {
+                atomicAdd(wt + g * 16 + b, acc[c][h]);
+                atomicAdd(wt + (g + 8) * 16 + b, acc[c][2 + h]);
+            }
+        }
+    __threadfence();
+    __syncwarp();
+    unsigned mine = (unsigned)(min(last, u1) - max(first, u0));
+    unsigned old = 0;
+    if (lane == 0) old = atomicAdd(counters + tile, mine);
+    old = __shfl_sync(0xffffffffu, old, 0);
+    if (old + mine != (unsigned)G) return;
+    __threadfence();
+#pragma unroll
+    for (int c = 0; c < NB; c++)
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            int b = 8 * c + 2 * t + h;
+            if (b < B) {
+                float va = __ldcg(wt + g * 16 + b), vb = __ldcg(wt + (g + 8) * 16 + b);
+                __stcg(wt + g * 16 + b, 0.0f);
+                __stcg(wt + (g + 8) * 16 + b, 0.0f);
+                if (ra < N) y[(size_t)b * N + ra] = va;
+                if (rb < N) y[(size_t)b * N + rb] = vb;
+            }
+        }
+    if (lane == 0) counters[tile] = 0u;
+}
+
+// Activations: with SMEM, each (persistent) block first copies x into shared memory as f16 in
+// the permuted layout of the staged kernels (a lane's four 16-byte loads per group are its mma
+// B fragments), once per launch; otherwise lanes read f32 x through L1 and convert per use.
+// Index arithmetic is 32-bit and incremental: no division in the loop (a 64-bit division per
+// unit cost as much as the rest of the unit in the first version).
+template <int B, bool SMEM>
+__device__ __forceinline__ void gemv_int4t(const uint4* __restrict__ w, const u16* __restrict__ scales,
+                                           const float* __restrict__ x, float* __restrict__ y,
+                                           float* __restrict__ ws, unsigned* __restrict__ counters, int N, int K) {
+    constexpr int NB = (B + 7) / 8;
+    constexpr int P = INT4T_P;
+    extern __shared__ uint4 xs[];
+    int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    int nwarps = gridDim.x * (blockDim.x >> 5);
+    int wid = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    int G = K >> 7;
+    int U = ((N + 15) >> 4) * G;
+    int u0 = (int)((long long)wid * U / nwarps), u1 = (int)((long long)(wid + 1) * U / nwarps);
+    int cnt = u1 - u0;
+    const uint4* wp = w + (size_t)u0 * 64 + lane;
+    const u16* sp = scales + (size_t)u0 * 16 + g;
+    uint4 qa[2][P], qb[2][P];
+    float sa[2][P], sb[2][P];
+#define INT4T_LOAD(BUF, OFF)                                                 \
+    _Pragma("unroll") for (int i = 0; i < P; i++) {                          \
+        int o = (OFF) + i;                                                   \
+        if (o < cnt) {                                                       \
+            qa[BUF][i] = ld_stream_u4(wp + o * 64);                          \
+            qb[BUF][i] = ld_stream_u4(wp + o * 64 + 32);                     \
+            sa[BUF][i] = f16_to_f32(__ldg(sp + o * 16));                     \
+            sb[BUF][i] = f16_to_f32(__ldg(sp + o * 16 + 8));                 \
+        }                                                                    \
+    }
+    // The first weights go out before waiting on the previous kernel (programmatic dependent
+    // launch): they are constant, and their latency then overlaps that kernel's tail.
+    pdl_launch_dependents();
+    INT4T_LOAD(0, 0)
+    pdl_wait();
+    int rstride = (K >> 3) + 4;
+    if (SMEM) {
+        int rchunks = K >> 3;
+        for (int c = threadIdx.x; c < B * rchunks; c += blockDim.x) {
+            int b = c / rchunks, cc = c - b * rchunks;
+            const float4* xf = (const float4*)x + 2 * c;
+            xs[b * rstride + int4_act_slot(cc)] = int4_act_pack(__ldg(xf), __ldg(xf + 1));
+        }
+        __syncthreads();
+    }
+    if (cnt <= 0) return;
+    int tile = u0 / G, grp = u0 - tile * G;
+    // Lane g supplies batch column 8c + g of column tile c; columns >= B read row 0 and are
+    // never stored.
+    const uint4* xsr[NB];
+    const float4* xfr[NB];
+#pragma unroll
+    for (int c = 0; c < NB; c++) {
+        int b = 8 * c + g < B ? 8 * c + g : 0;
+        xsr[c] = xs + b * rstride + t;
+        xfr[c] = (const float4*)(x + (size_t)b * K + 32 * t);
+    }
+    float acc[NB][4];
+#pragma unroll
+    for (int c = 0; c < NB; c++) acc[c][0] = acc[c][1] = acc[c][2] = acc[c][3] = 0.0f;
+#define INT4T_COMPUTE(BUF, OFF)                                                                        \
+    _Pragma("unroll") for (int i = 0; i < P; i++) {                                                    \
+        if ((OFF) + i < cnt) {                                                                         \
+            u32 wda[4] = {qa[BUF][i].x, qa[BUF][i].y, qa[BUF][i].z, qa[BUF][i].w};                     \
+            u32 wdb[4] = {qb[BUF][i].x, qb[BUF][i].y, qb[BUF][i].z, qb[BUF][i].w};                     \
+            float p[NB][4];                                                                            \
+            _Pragma("unroll") for (int c = 0; c < NB; c++) p[c][0] = p[c][1] = p[c][2] = p[c][3] = 0.0f; \
+            _Pragma("unroll") for (int j = 0; j < 4; j++) {                                            \
+                u32 ha[4], hb[4];                                                                      \
+                int4x8_to_f16x2(wda[j], ha);                                                           \
+                int4x8_to_f16x2(wdb[j], hb);                                                           \
+                _Pragma("unroll") for (int c = 0; c < NB; c++) {                                       \
+                    u32 b0, b1, b2, b3;                                                                \
+                    if (SMEM) {                                                                        \
+                        uint4 xv = xsr[c][grp * 16 + 4 * j];                                           \
+                        b0 = xv.x; b1 = xv.y; b2 = xv.z; b3 = xv.w;                                    \
+                    } else {                                                                           \
+                        float4 lo = __ldg(xfr[c] + 32 * grp + 2 * j), hi = __ldg(xfr[c] + 32 * grp + 2 * j + 1); \
+                        b0 = pack_f16x2(lo.x, hi.x); b1 = pack_f16x2(lo.y, hi.y);                      \
+                        b2 = pack_f16x2(lo.z, hi.z); b3 = pack_f16x2(lo.w, hi.w);                      \
+                    }                                                                                  \
+                    mma_f16_f32(p[c], ha[0], hb[0], ha[1], hb[1], b0, b1);                             \
+                    mma_f16_f32(p[c], ha[2], hb[2], ha[3], hb[3], b2, b3);                             \
+                }                                                                                      \
+            }                                                                                          \
+            _Pragma("unroll") for (int c = 0; c < NB; c++) {                                           \
+                acc[c][0] += sa[BUF][i] * p[c][0];                                                     \
+                acc[c][1] += sa[BUF][i] * p[c][1];                                                     \
+                acc[c][2] += sb[BUF][i] * p[c][2];                                                     \
+                acc[c][3] += sb[BUF][i] * p[c][3];                                                     \
+            }                                                                                          \
+            if (++grp == G) {                                                                          \
+                int4t_flush<B>(acc, tile, u0, u1, G, N, g, t, lane, y, ws, counters);                  \
+                _Pragma("unroll") for (int c = 0; c < NB; c++) acc[c][0] = acc[c][1] = acc[c][2] = acc[c][3] = 0.0f; \
+                tile++;                                                                                \
+                grp = 0;                                                                               \
+            }                                                                                          \
+        }                                                                                              \
+    }
+    for (int n = 0; n < cnt; n += 2 * P) {
+        INT4T_LOAD(1, n + P)
+        INT4T_COMPUTE(0, n)
+        INT4T_LOAD(0, n + 2 * P)
+        INT4T_COMPUTE(1, n + P)
+    }
+#undef INT4T_LOAD
+#undef INT4T_COMPUTE
+    if (grp != 0) int4t_flush<B>(acc, tile, u0, u1, G, N, g, t, lane, y, ws, counters);
+}
+
+#define INT4T_INSTANCE(B)                                                                                    \
+    extern "C" __global__ void __launch_bounds__(INT4T_WARPS * 32) gemv_int4t_b##B(                          \
+        const uint4* w, const u16* s, const float* x, float* y, float* ws, unsigned* counters, int N, int K) { \
+        gemv_int4t<B, false>(w, s, x, y, ws, counters, N, K);                                                \
+    }                                                                                                        \
+    extern "C" __global__ void __launch_bounds__(INT4T_WARPS * 32) gemv_int4t_smem_b##B(                     \
+        const uint4* w, const u16* s, const float* x, float* y, float* ws, unsigned* counters, int N, int K) { \
+        gemv_int4t<B, true>(w, s, x, y, ws, counters, N, K);                                                 \
+    }
+INT4T_INSTANCE(1)
+INT4T_INSTANCE(2)
+INT4T_INSTANCE(3)
+INT4T_INSTANCE(4)
+INT4T_INSTANCE(5)
+INT4T_INSTANCE(6)
+INT4T_INSTANCE(7)
+INT4T_INSTANCE(8)
+INT4T_INSTANCE(9)
+INT4T_INSTANCE(10)
+INT4T_INSTANCE(11)
+INT4T_INSTANCE(12)
+INT4T_INSTANCE(13)
+INT4T_INSTANCE(14)
+INT4T_INSTANCE(15)
+INT4T_INSTANCE(16)
