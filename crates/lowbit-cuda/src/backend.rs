@@ -321,6 +321,8 @@ pub struct CudaBackend {
     pdl_supported: bool,
     /// Kernels that do not call pdl_wait() (the random fills), by CUfunction handle.
     no_pdl: std::collections::HashSet<usize>,
+    /// Set when a non-kernel operation was issued: the next launch is not programmatic.
+    pdl_fence: std::sync::atomic::AtomicBool,
 }
 
 /// f16 values the pre-pass scratch holds (batch x K); larger inputs use the in-block conversion.
@@ -447,6 +449,7 @@ impl CudaBackend {
             pdl,
             pdl_supported,
             no_pdl,
+            pdl_fence: std::sync::atomic::AtomicBool::new(true),
         })
     }
 
@@ -478,8 +481,7 @@ impl CudaBackend {
     }
 
     /// (kernel name, grid blocks, dynamic shared memory) of the tiled INT4 GEMV for this call.
-    /// Activations are staged in shared memory when at least two blocks per SM still fit
-    /// (one block of 8 warps per SM leaves too few loads in flight), else read through L1.
+    /// Activations are staged in shared memory when they fit, else read through L1.
     pub fn int4t_launch_plan(&self, batch: usize, cols: usize) -> Result<(String, u32, usize)> {
         let threads = INT4T_WARPS * 32;
         let smem = batch * (cols / 8 + 4) * 16;
@@ -488,7 +490,9 @@ impl CudaBackend {
         let use_smem = match self.int4t_act.as_deref() {
             Some("smem") => smem <= self.max_dyn_smem,
             Some("l1") => false,
-            _ => smem <= self.max_dyn_smem && self.blocks_per_sm(&smem_name, threads, smem)? >= 2,
+            // Measured on the H100 (BENCHMARKS.md, round 4): shared memory wins at every batch
+            // where it fits, even at one block per SM (batch 16, K 4096: 30.6 us vs 74 us).
+            _ => smem <= self.max_dyn_smem,
         };
         let (name, smem) = if use_smem {
             (smem_name, smem)
@@ -541,6 +545,7 @@ impl CudaBackend {
         &self,
         n: usize,
     ) -> Result<CudaSlice<T>> {
+        self.pdl_fence();
         drv(
             format!("allocate {n} elements"),
             self.stream.alloc_zeros::<T>(n.max(1)),
@@ -548,6 +553,7 @@ impl CudaBackend {
     }
 
     pub fn upload<T: cudarc::driver::DeviceRepr>(&self, host: &[T]) -> Result<CudaSlice<T>> {
+        self.pdl_fence();
         drv("copy to device", self.stream.clone_htod(host))
     }
 
@@ -722,7 +728,13 @@ impl CudaBackend {
             .iter_mut()
             .map(|s| s as *mut u64 as *mut std::ffi::c_void)
             .collect();
-        let pdl = self.pdl && !self.no_pdl.contains(&(f.cu_function() as usize));
+        // A kernel may only overlap a kernel that calls pdl_wait()'s counterpart: after a copy or
+        // memset (issued outside `launch`), the next launch is a normal one (measured on the
+        // H100: a programmatic launch right after a host-to-device copy read stale data).
+        let after_other_op = self
+            .pdl_fence
+            .swap(false, std::sync::atomic::Ordering::Relaxed);
+        let pdl = self.pdl && !after_other_op && !self.no_pdl.contains(&(f.cu_function() as usize));
         // SAFETY: an all-zero attribute value is valid; only the field for the id is read.
         let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
         attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
@@ -752,6 +764,13 @@ impl CudaBackend {
             )
         };
         drv("kernel launch", r.result())
+    }
+
+    /// The next kernel launch waits for everything before it in the stream (call after issuing
+    /// copies or memsets on the stream directly). Uploads and allocations do this themselves.
+    pub fn pdl_fence(&self) {
+        self.pdl_fence
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Whether kernels are launched with programmatic dependent launch.
