@@ -267,6 +267,8 @@ pub fn decode(
                     token: &mut CudaSlice<i32>,
                     logits: &mut CudaSlice<f32>|
      -> Result<()> {
+        // The step follows host copies (position and token resets) and events.
+        be.pdl_fence();
         be.embed(&m.embedding, &*token, &mut x, s.dim)?;
         if fused {
             // Fused step: qkv split + ropes + cache store in one kernel, each residual add
@@ -325,6 +327,7 @@ pub fn decode(
                     "split v",
                     stream.memcpy_dtod(&qkv.slice(qd + kvd..qd + 2 * kvd), &mut v),
                 )?;
+                be.pdl_fence();
                 be.rope(&mut q, s.n_heads, s.head_dim, &*pos, s.rope_theta, true)?;
                 be.rope(&mut k, s.n_kv, s.head_dim, &*pos, s.rope_theta, true)?;
                 be.store_kv(
