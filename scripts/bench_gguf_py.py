@@ -3,8 +3,8 @@
 
 Measures `gguf.quants.quantize` and `gguf.quants.dequantize` on 256 rows x 4096 values (4 MiB
 of f32, the size crates/lowbit-formats/benches/formats.rs uses) of weight-like data (Gaussian,
-sd 0.02, one value in 512 ten times larger) for Q8_0, Q4_0 and MXFP4, and dequantize for Q4_K
-(gguf-py has no Q4_K quantizer; the Q4_K input is random bytes with sane f16 scales).
+sd 0.02, one value in 512 ten times larger) for Q8_0, Q4_0 and MXFP4, and dequantize for Q4_K and
+IQ4_XS (gguf-py has no quantizer for those; their input is random bytes with sane f16 scales).
 GB/s = 4 MiB of f32 (input of quantize, output of dequantize) / median wall time of --repeat
 runs. numpy runs these element-wise on one core.
 
@@ -46,6 +46,14 @@ def q4_k_bytes(rng: np.random.Generator) -> np.ndarray:
     return b.reshape(ROWS, COLS // 256 * 144)
 
 
+def iq4_xs_bytes(rng: np.random.Generator) -> np.ndarray:
+    """Random IQ4_XS super-blocks (136 bytes each) with d = 0.001 as f16."""
+    blocks = ROWS * COLS // 256
+    b = rng.integers(0, 256, size=(blocks, 136), dtype=np.uint8)
+    b[:, 0:2] = np.frombuffer(np.float16(0.001).tobytes(), dtype=np.uint8)
+    return b.reshape(ROWS, COLS // 256 * 136)
+
+
 def median_seconds(fn, repeat: int) -> float:
     fn()  # warm-up
     times = []
@@ -78,6 +86,8 @@ def main() -> None:
         record(ty.name.lower(), "dequantize", median_seconds(lambda: dequantize(packed, ty), args.repeat))
     q4k = q4_k_bytes(rng)
     record("q4_k", "dequantize", median_seconds(lambda: dequantize(q4k, T.Q4_K), args.repeat))
+    iq4xs = iq4_xs_bytes(rng)
+    record("iq4_xs", "dequantize", median_seconds(lambda: dequantize(iq4xs, T.IQ4_XS), args.repeat))
 
     info = {
         "gguf": importlib.metadata.version("gguf"),

@@ -13,10 +13,16 @@ Cases:
   random     random block bytes with scale fields replaced by chosen f16 values (normal, tiny,
              subnormal, zero, negative, huge, inf, NaN), so every code/bit pattern is exercised.
 
+  gemma      (IQ4_XS only) rows of Gemma-3-270M's blk.0.ffn_down (dequantized from the model's
+             Q6_K), encoded as IQ4_XS blocks by a simple numpy encoder in this script (per-32 absmax
+             scales, nearest codebook entries), when the model is cached (--gemma PATH, or
+             $LOWBIT_CACHE/models/gemma-3-270m-q4_k_m.gguf). These blocks only feed the decoder
+             test; the encoder under test is lowbit's.
+
 Q8_K cannot be dequantized by gguf-py; its expected values are `d * q` in f32, computed here
 with numpy exactly as llama.cpp's dequantize_row_q8_K does.
 
-Usage: PYTHON=... $PYTHON scripts/gen_format_fixtures.py [--out DIR]
+Usage: PYTHON=... $PYTHON scripts/gen_format_fixtures.py [--out DIR] [--gemma PATH]
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ F16_SCALE_FIELDS = {
     T.Q5_1: [0, 2],
     T.Q8_0: [0],
     T.IQ4_NL: [0],
+    T.IQ4_XS: [0],
     T.Q2_K: [80, 82],
     T.Q3_K: [108],
     T.Q4_K: [0, 2],
@@ -59,7 +66,9 @@ F16_SCALE_FIELDS = {
 
 # Types gguf-py can quantize (checked against gguf-py 0.19); the others get random blocks only.
 QUANTIZABLE = [T.F32, T.F16, T.BF16, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.TQ1_0, T.TQ2_0, T.MXFP4]
-RANDOM_ONLY = [T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K, T.Q8_K, T.IQ4_NL]
+# New types go at the end: the cases share one seeded stream, so earlier files stay unchanged.
+RANDOM_ONLY = [T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K, T.Q8_K, T.IQ4_NL, T.IQ4_XS]
+IQ4NL_VALUES = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], dtype=np.float32)
 
 
 def block_info(qtype: T) -> tuple[int, int]:
@@ -118,6 +127,34 @@ def random_blocks(rng: np.random.Generator, qtype: T, n_blocks: int) -> np.ndarr
     return raw.reshape(-1)
 
 
+def iq4_xs_simple(x: np.ndarray) -> np.ndarray:
+    """Valid IQ4_XS blocks (136 bytes per 256 values) for real weights, by a simple encoder:
+    sub-block scale = signed absmax / -127, super-block d = -(largest scale) / 32 as f16, 6-bit
+    sub-block scales round(scale / d) clamped to [-32, 31], codes = nearest of d * l * kvalues.
+    Not llama.cpp's scale search: these blocks only exercise the decoder."""
+    xb = x.astype(np.float32).reshape(-1, 8, 32)
+    nsb = xb.shape[0]
+    pick = np.abs(xb).argmax(axis=-1)[..., None]
+    s = np.take_along_axis(xb, pick, axis=-1)[..., 0] / np.float32(-127.0)  # (nsb, 8)
+    top = np.take_along_axis(s, np.abs(s).argmax(axis=-1)[:, None], axis=-1)[:, 0]
+    d = (-top / np.float32(32.0)).astype(np.float16)
+    df = d.astype(np.float32)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ls = np.where(df[:, None] != 0, np.rint(s / df[:, None]), 0).clip(-32, 31).astype(np.int32)
+    dl = df[:, None] * ls.astype(np.float32)  # (nsb, 8)
+    err = np.abs(dl[..., None, None] * IQ4NL_VALUES - xb[..., None])  # (nsb, 8, 32, 16)
+    codes = err.argmin(axis=-1).astype(np.uint8)
+    out = np.zeros((nsb, 136), dtype=np.uint8)
+    out[:, 0:2] = d.view(np.uint8).reshape(nsb, 2)
+    u = (ls + 32).astype(np.uint16)
+    scales_h = ((u >> 4) << (2 * np.arange(8, dtype=np.uint16))).sum(axis=-1).astype("<u2")
+    out[:, 2:4] = scales_h.view(np.uint8).reshape(nsb, 2)
+    lo = (u & 0xF).astype(np.uint8)
+    out[:, 4:8] = lo[:, 0::2] | (lo[:, 1::2] << 4)
+    out[:, 8:] = (codes[..., :16] | (codes[..., 16:] << 4)).reshape(nsb, 128)
+    return out.reshape(-1)
+
+
 def blocks_for(qtype: T) -> int:
     block, _ = block_info(qtype)
     # 32-element types get more blocks; k-quants are 256 values each.
@@ -128,7 +165,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     here = os.path.dirname(os.path.abspath(__file__))
     ap.add_argument("--out", default=os.path.join(here, "..", "crates", "lowbit-formats", "tests", "fixtures"))
+    ap.add_argument("--gemma", default=None, help="Gemma-3-270M GGUF for the IQ4_XS real-weight case")
     args = ap.parse_args()
+    sys.path.insert(0, here)
+    from gen_quant_fixtures import load_gemma  # same rows as the encoder fixtures
+
+    gemma = load_gemma(args.gemma)
     os.makedirs(args.out, exist_ok=True)
     # Overflowing, inf and NaN scales are deliberate test cases.
     np.seterr(all="ignore")
@@ -152,13 +194,15 @@ def main() -> int:
             raw = np.asarray(quantize(data, qtype)).view(np.uint8).reshape(-1)
             cases.append(("quantized", raw))
         cases.append(("random", random_blocks(rng, qtype, n_blocks)))
+        if qtype == T.IQ4_XS and gemma is not None:
+            cases.append(("gemma", iq4_xs_simple(gemma)))
 
         name = qtype.name.lower()
         payload = bytearray()
         for case, raw in cases:
-            assert raw.size == n_blocks * type_size, (name, case, raw.size)
+            assert raw.size % type_size == 0, (name, case, raw.size)
             expected = reference_dequantize(qtype, raw)
-            assert expected.size == n_blocks * block, (name, case, expected.size)
+            assert expected.size == raw.size // type_size * block, (name, case, expected.size)
             entry = {
                 "type": name,
                 "type_id": int(qtype.value),

@@ -12,6 +12,11 @@ one outlier, values just below powers of two (MXFP4 exponent edge), exact ties (
 and real weights: rows of Gemma-3-270M's blk.0.ffn_down (Q6_K, dequantized to f32) when the
 model is cached (--gemma PATH, or $LOWBIT_CACHE/models/gemma-3-270m-q4_k_m.gguf).
 
+Types gguf-py cannot quantize (IQ4_XS, IQ4_NL and the k-quants) get the same cases from
+llama.cpp's own reference quantizers (`quantize_row_<type>_ref`, no importance matrix), called
+through ctypes in the libggml-base that PyPI's llama-cpp-python wheel ships, when that package
+is installed. Their index entries carry "reference": "llama.cpp" and the library's version.
+
 The Gemma rows are also written as `gemma_rows.f32` for the round-trip tests of the k-quants,
 which gguf-py cannot quantize.
 
@@ -35,6 +40,38 @@ from gguf.quants import dequantize, quantize
 SEED = 20240612
 
 TYPES = [T.BF16, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.TQ1_0, T.TQ2_0, T.MXFP4]
+# Encoded by llama.cpp's reference quantizers (llama-cpp-python's libggml-base), when installed.
+LLAMA_TYPES = [T.IQ4_XS, T.IQ4_NL, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K]
+
+
+def llama_cpp_quantizer():
+    """(quantize(x, qtype) -> bytes, version) from llama-cpp-python's libggml-base, or None."""
+    try:
+        import ctypes
+        import glob
+
+        import llama_cpp
+    except ImportError:
+        print("llama-cpp-python not installed: skipping llama.cpp reference cases")
+        return None
+    libdir = os.path.join(os.path.dirname(llama_cpp.__file__), "lib")
+    libs = sorted(glob.glob(os.path.join(libdir, "libggml-base.so*")))
+    if not libs:
+        print(f"no libggml-base in {libdir}: skipping llama.cpp reference cases")
+        return None
+    lib = ctypes.CDLL(libs[0])
+
+    def run(x: np.ndarray, qtype: T) -> np.ndarray:
+        block, size = gguf.GGML_QUANT_SIZES[qtype]
+        fn = getattr(lib, f"quantize_row_{qtype.name.lower().replace('_k', '_K')}_ref")
+        fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+        fn.restype = None
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        out = np.zeros(x.size // block * size, dtype=np.uint8)
+        fn(x.ctypes.data, out.ctypes.data, x.size)
+        return out
+
+    return run, importlib.metadata.version("llama_cpp_python")
 
 
 def cases(rng: np.random.Generator, block: int, gemma: np.ndarray | None) -> list[tuple[str, np.ndarray]]:
@@ -94,14 +131,21 @@ def main() -> None:
         "layout": "each case: elements f32 LE at f32_offset, then quant_len bytes at quant_offset",
         "cases": [],
     }
-    for qtype in TYPES:
+    llama = llama_cpp_quantizer()
+    jobs = [(qtype, None) for qtype in TYPES]
+    if llama is not None:
+        jobs += [(qtype, llama) for qtype in LLAMA_TYPES]
+    for qtype, ref in jobs:
         rng = np.random.default_rng(SEED + int(qtype))
         block, _ = gguf.GGML_QUANT_SIZES[qtype]
         blob = bytearray()
         for name, x in cases(rng, block, gemma):
             with warnings.catch_warnings(), np.errstate(all="ignore"):
                 warnings.simplefilter("ignore")
-                q = np.asarray(quantize(x.reshape(1, -1), qtype)).reshape(-1).view(np.uint8)
+                if ref is None:
+                    q = np.asarray(quantize(x.reshape(1, -1), qtype)).reshape(-1).view(np.uint8)
+                else:
+                    q = ref[0](x, qtype)
             f32_offset = len(blob)
             blob += x.astype("<f4").tobytes()
             quant_offset = len(blob)
@@ -110,6 +154,7 @@ def main() -> None:
                 "type": qtype.name.lower(), "type_id": int(qtype), "case": name,
                 "file": f"{qtype.name.lower()}.bin", "elements": int(x.size),
                 "f32_offset": f32_offset, "quant_offset": quant_offset, "quant_len": int(q.size),
+                **({} if ref is None else {"reference": "llama.cpp", "llama_cpp_python": ref[1]}),
             })
         with open(os.path.join(args.out, f"{qtype.name.lower()}.bin"), "wb") as f:
             f.write(blob)

@@ -10,7 +10,9 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use lowbit_formats::minifloat::Minifloat;
 use lowbit_formats::rounding::Rounding;
 use lowbit_formats::simd::{self, Level};
-use lowbit_formats::{dequantize_rows, quantize_rows, GgmlType, QTensor, QuantSpec};
+use lowbit_formats::{
+    dequantize_rows, quantize_q4_k_fast, quantize_rows, GgmlType, QTensor, QuantSpec,
+};
 use std::hint::black_box;
 use std::time::Duration;
 
@@ -57,6 +59,7 @@ fn bench_ggml(c: &mut Criterion) {
         GgmlType::Q4_0,
         GgmlType::MXFP4,
         GgmlType::Q4_K,
+        GgmlType::IQ4_XS,
     ] {
         let mut packed = vec![0u8; ty.byte_len(x.len()).unwrap()];
         let mut g = c.benchmark_group(format!("quantize/{}", ty.name()));
@@ -80,6 +83,22 @@ fn bench_ggml(c: &mut Criterion) {
         });
         g.finish();
     }
+}
+
+/// The fast (min/max scales, no search) Q4_K encoder, per SIMD level.
+fn bench_q4_k_fast(c: &mut Criterion) {
+    let x = weights(COLS * ROWS);
+    let mut packed = vec![0u8; GgmlType::Q4_K.byte_len(x.len()).unwrap()];
+    let mut g = c.benchmark_group("quantize/q4_k_fast");
+    g.throughput(Throughput::Bytes((x.len() * 4) as u64));
+    for level in levels() {
+        g.bench_function(BenchmarkId::from_parameter(level), |b| {
+            simd::with_level(level, || {
+                b.iter(|| quantize_q4_k_fast(black_box(&x), &mut packed).unwrap())
+            })
+        });
+    }
+    g.finish();
 }
 
 /// Fake quantization (quantize + dequantize in place, the emulation API) of QuantSpec formats.
@@ -137,7 +156,7 @@ fn bench_fp8(c: &mut Criterion) {
     g.finish();
 }
 
-/// QTensor: real encode (codes + stored scales) per SIMD level, and decode (no SIMD variants).
+/// QTensor: real encode (codes + stored scales) and decode, per SIMD level.
 fn bench_qtensor(c: &mut Criterion) {
     let x = weights(COLS * ROWS);
     let bytes = (x.len() * 4) as u64;
@@ -157,9 +176,11 @@ fn bench_qtensor(c: &mut Criterion) {
         let mut y = vec![0f32; x.len()];
         let mut g = c.benchmark_group(format!("qtensor_decode/{name}"));
         g.throughput(Throughput::Bytes(bytes));
-        g.bench_function(BenchmarkId::from_parameter(Level::Scalar), |b| {
-            b.iter(|| black_box(&q).decode(&mut y).unwrap())
-        });
+        for level in levels() {
+            g.bench_function(BenchmarkId::from_parameter(level), |b| {
+                simd::with_level(level, || b.iter(|| black_box(&q).decode(&mut y).unwrap()))
+            });
+        }
         g.finish();
     }
 }
@@ -175,6 +196,6 @@ fn configured() -> Criterion {
 criterion_group! {
     name = benches;
     config = configured();
-    targets = bench_ggml, bench_fake, bench_fp8, bench_qtensor
+    targets = bench_ggml, bench_q4_k_fast, bench_fake, bench_fp8, bench_qtensor
 }
 criterion_main!(benches);

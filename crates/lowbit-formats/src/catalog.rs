@@ -22,8 +22,8 @@ pub fn catalog() -> Vec<FormatInfo> {
     use GgmlType::*;
     let mut out = Vec::new();
     for ty in [
-        F32, F16, BF16, Q8_0, Q6_K, Q5_0, Q5_1, Q5_K, Q4_0, Q4_1, Q4_K, IQ4_NL, MXFP4, Q3_K, Q2_K,
-        TQ2_0, TQ1_0, Q8_K,
+        F32, F16, BF16, Q8_0, Q6_K, Q5_0, Q5_1, Q5_K, Q4_0, Q4_1, Q4_K, IQ4_NL, IQ4_XS, MXFP4,
+        Q3_K, Q2_K, TQ2_0, TQ1_0, Q8_K,
     ] {
         let enc = crate::quant::is_quantize_supported(ty);
         let dec = crate::dequant::is_supported(ty);

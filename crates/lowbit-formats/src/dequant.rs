@@ -74,6 +74,7 @@ pub fn is_supported(ty: GgmlType) -> bool {
             | Q6_K
             | Q8_K
             | IQ4_NL
+            | IQ4_XS
             | MXFP4
             | TQ1_0
             | TQ2_0
@@ -116,6 +117,7 @@ fn decode(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), FormatError> 
         Q5_1 => legacy::q5_1(src, dst),
         Q8_0 => legacy::q8_0(src, dst),
         IQ4_NL => legacy::iq4_nl(src, dst),
+        IQ4_XS => kquants::iq4_xs(src, dst),
         MXFP4 => legacy::mxfp4(src, dst),
         Q2_K => kquants::q2_k(src, dst),
         Q3_K => kquants::q3_k(src, dst),

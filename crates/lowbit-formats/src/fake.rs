@@ -5,12 +5,14 @@
 //! that the compiler vectorizes; 2-D tiles are gathered into a scratch buffer first.
 
 use crate::minifloat::Minifloat;
+use crate::rounding::{round_magnitude, Rounding, SplitMix64};
 use crate::simd::dispatch;
 use crate::simd::kernels::FastMinifloat;
 use crate::spec::{
     Element, Granularity, QuantSpec, ScaleChoice, ScaleFormat, SpecError, ELEMENT_ROUNDING,
 };
 use crate::stats::{error_stats, ErrorStats};
+use std::cell::RefCell;
 
 /// Fake-quantize `x` in place as one row (see [`QuantSpec::fake_quantize`]).
 pub fn fake_quantize(spec: &QuantSpec, x: &mut [f32]) -> Result<(), SpecError> {
@@ -30,8 +32,32 @@ pub fn fake_quantized(
     Ok((y, stats))
 }
 
-/// Fake-quantize a row-major matrix of rows of `cols` values, in place.
+/// Fake-quantize a row-major matrix of rows of `cols` values, in place (elements rounded to
+/// nearest, ties to even).
 pub fn fake_quantize_matrix(spec: &QuantSpec, x: &mut [f32], cols: usize) -> Result<(), SpecError> {
+    fake_quantize_matrix_rounding(spec, x, cols, ELEMENT_ROUNDING, 0)
+}
+
+/// [`fake_quantize_matrix`] with another rounding mode for the elements: nearest-even,
+/// nearest-away, toward zero, up, down, or stochastic (SplitMix64 seeded with `seed`, one
+/// draw per value rounded, in processing order, so a seed reproduces the result). Scales are computed and
+/// stored exactly as with nearest-even (their own format's rounding); only the element codes
+/// change. Integer and ternary elements round `x / s` to an integer; float elements round to
+/// the minifloat grid (saturating). Codebook elements (NF4, IQ4_NL tables) only support
+/// nearest rounding. Nearest-even takes the SIMD paths; other modes run scalar code. (With the
+/// `mse` scale choice the search's trial roundings draw from the same generator.)
+pub fn fake_quantize_matrix_rounding(
+    spec: &QuantSpec,
+    x: &mut [f32],
+    cols: usize,
+    rounding: Rounding,
+    seed: u64,
+) -> Result<(), SpecError> {
+    if rounding != Rounding::NearestEven && matches!(spec.element, Element::Codebook(_)) {
+        return Err(SpecError(format!(
+            "{spec}: codebook elements only support nearest rounding, not {rounding:?}"
+        )));
+    }
     if x.is_empty() {
         return Ok(());
     }
@@ -69,6 +95,8 @@ pub fn fake_quantize_matrix(spec: &QuantSpec, x: &mut [f32], cols: usize) -> Res
         tensor_scale,
         fast_element,
         fast_e4m3,
+        rounding,
+        rng: RefCell::new(SplitMix64::new(seed)),
     };
     let mut scratch = Vec::new();
     match spec.granularity {
@@ -82,7 +110,7 @@ pub fn fake_quantize_matrix(spec: &QuantSpec, x: &mut [f32], cols: usize) -> Res
                 }
             };
             for v in x.iter_mut() {
-                *v = m.quantize(*v, ELEMENT_ROUNDING);
+                *v = q.float_element(&m, *v);
             }
         }
         Granularity::Tensor => q.group(x, &mut scratch),
@@ -143,9 +171,36 @@ struct GroupQuantizer<'a> {
     tensor_scale: f32,
     fast_element: Option<FastMinifloat>,
     fast_e4m3: Option<FastMinifloat>,
+    /// Element rounding; anything but NearestEven takes the scalar `rounded_*` paths.
+    rounding: Rounding,
+    rng: RefCell<SplitMix64>,
 }
 
 impl GroupQuantizer<'_> {
+    fn nearest_even(&self) -> bool {
+        self.rounding == Rounding::NearestEven
+    }
+
+    /// `t` rounded to an integer in the element rounding mode (stochastic: floor(|t| + u) with
+    /// the sign put back, which is unbiased on both sides of zero).
+    fn round_int(&self, t: f32) -> f32 {
+        let mut rng = self.rng.borrow_mut();
+        let r = round_magnitude(t.abs() as f64, t < 0.0, self.rounding, Some(&mut rng)) as f32;
+        if t < 0.0 {
+            -r
+        } else {
+            r
+        }
+    }
+
+    /// A value rounded to the saturating minifloat `m` in the element rounding mode.
+    fn float_element(&self, m: &Minifloat, v: f32) -> f32 {
+        match self.rounding {
+            Rounding::Stochastic => m.decode(m.encode_stochastic(v, &mut self.rng.borrow_mut())),
+            mode => m.quantize(v, mode),
+        }
+    }
+
     /// Quantize one group in place, choosing the clipping ratio by the spec's scale choice.
     fn group(&self, g: &mut [f32], scratch: &mut Vec<f32>) {
         match self.spec.scale {
@@ -228,7 +283,7 @@ impl GroupQuantizer<'_> {
         else {
             return false;
         };
-        if crate::simd::current() == crate::simd::Level::Scalar {
+        if crate::simd::current() == crate::simd::Level::Scalar || !self.nearest_even() {
             return false;
         }
         let m = m.saturating();
@@ -249,7 +304,7 @@ impl GroupQuantizer<'_> {
                     return;
                 }
                 let s = self.store(given.unwrap_or(clip / qmax));
-                scale_round_clamp(g, s, -qmax - 1.0, qmax);
+                self.round_clamp(g, s, -qmax - 1.0, qmax);
             }
             Element::Int { bits, asym: true } => {
                 let levels = ((1u32 << bits) - 1) as f32;
@@ -267,13 +322,18 @@ impl GroupQuantizer<'_> {
                 }
                 let inv = 1.0 / s;
                 for v in g.iter_mut() {
-                    let q = ((*v - z) * inv).round_ties_even().clamp(0.0, levels);
-                    *v = q * s + z;
+                    let t = (*v - z) * inv;
+                    let r = if self.nearest_even() {
+                        t.round_ties_even()
+                    } else {
+                        self.round_int(t)
+                    };
+                    *v = r.clamp(0.0, levels) * s + z;
                 }
             }
             Element::Ternary => {
                 let s = self.store(given.unwrap_or(clip));
-                scale_round_clamp(g, s, -1.0, 1.0);
+                self.round_clamp(g, s, -1.0, 1.0);
             }
             Element::Float(m) => {
                 let m = m.saturating();
@@ -283,6 +343,12 @@ impl GroupQuantizer<'_> {
                     return;
                 }
                 let inv = 1.0 / s;
+                if !self.nearest_even() {
+                    for v in g.iter_mut() {
+                        *v = self.float_element(&m, *v * inv) * s;
+                    }
+                    return;
+                }
                 // The fast rounding needs finite v * inv (an infinite inv could make 0 * inf).
                 if let (Some(f), true) = (&self.fast_element, inv.is_finite()) {
                     dispatch!(minifloat_fake(g, f, inv, s), scalar: {
@@ -307,6 +373,24 @@ impl GroupQuantizer<'_> {
                     *v = cb.nearest(*v * inv) * s;
                 }
             }
+        }
+    }
+}
+
+impl GroupQuantizer<'_> {
+    /// x = clamp(round(x / s), lo, hi) * s in the element rounding mode (zeros for a zero or
+    /// non-finite scale).
+    fn round_clamp(&self, g: &mut [f32], s: f32, lo: f32, hi: f32) {
+        if self.nearest_even() {
+            return scale_round_clamp(g, s, lo, hi);
+        }
+        if s == 0.0 || !s.is_finite() {
+            g.fill(0.0);
+            return;
+        }
+        let inv = 1.0 / s;
+        for v in g.iter_mut() {
+            *v = self.round_int(*v * inv).clamp(lo, hi) * s;
         }
     }
 }

@@ -19,10 +19,10 @@ pub mod stats;
 
 pub use catalog::{catalog, FormatInfo};
 pub use dequant::{dequantize, dequantize_row, dequantize_rows, row_bytes};
-pub use fake::{fake_quantize, fake_quantized};
+pub use fake::{fake_quantize, fake_quantize_matrix_rounding, fake_quantized};
 pub use ggml::GgmlType;
 pub use qtensor::QTensor;
-pub use quant::{quantize, quantize_rows};
+pub use quant::{quantize, quantize_q4_k_fast, quantize_rows};
 pub use spec::QuantSpec;
 
 /// Errors of this crate. Callers add the file and tensor name.

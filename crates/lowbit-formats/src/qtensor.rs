@@ -425,9 +425,22 @@ impl QTensor {
             })
             .collect();
         let ts = self.tensor_scale.unwrap_or(1.0);
+        // E4M3 scales through a table of their 256 values (the same values `value` computes).
+        let e4m3: Option<Vec<f32>> = match &self.scales {
+            StoredScales::E4M3(_) => {
+                Some((0..256u32).map(|c| Minifloat::UE4M3.decode(c)).collect())
+            }
+            _ => None,
+        };
+        let scale_at = |gi: usize| match (&self.scales, &e4m3) {
+            (StoredScales::E4M3(v), Some(lut)) => lut[v[gi] as usize] * ts,
+            _ => self.scales.value(gi, ts),
+        };
+        // Looked up once: groups can be as small as 16 values.
+        let level = crate::simd::current();
         let mut gi = 0;
         Self::groups(&self.spec, self.rows, self.cols, |start, len| {
-            let s = self.scales.value(gi, ts);
+            let s = scale_at(gi);
             let o = &mut out[start..start + len];
             match &kind {
                 Kind::IntSym { bits: 1 } => {
@@ -451,7 +464,7 @@ impl QTensor {
                     if s == 0.0 || !s.is_finite() {
                         o.fill(0.0);
                     } else {
-                        decode_group(&self.codes, start, bits, &table, s, o);
+                        decode_group(&self.codes, start, bits, &table, s, o, level);
                     }
                 }
             }
@@ -461,9 +474,18 @@ impl QTensor {
     }
 }
 
-/// out[k] = table[code(start + k)] * s, with fast paths for 4- and 8-bit codes.
+/// out[k] = table[code(start + k)] * s, with fast paths for 4- and 8-bit codes (4-bit codes
+/// through the AVX2 / AVX-512 table permutes of `simd::decode`, bit-identical).
 #[inline]
-fn decode_group(words: &[u32], start: usize, bits: u32, table: &[f32], s: f32, out: &mut [f32]) {
+fn decode_group(
+    words: &[u32],
+    start: usize,
+    bits: u32,
+    table: &[f32],
+    s: f32,
+    out: &mut [f32],
+    level: crate::simd::Level,
+) {
     match bits {
         8 => {
             for (k, v) in out.iter_mut().enumerate() {
@@ -473,10 +495,25 @@ fn decode_group(words: &[u32], start: usize, bits: u32, table: &[f32], s: f32, o
             }
         }
         4 => {
-            for (k, v) in out.iter_mut().enumerate() {
-                let i = start + k;
-                let c = (words[i >> 3] >> ((i & 7) * 4)) & 0xF;
-                *v = table[c as usize & 0xF] * s;
+            let table: &[f32; 16] = table[..16].try_into().unwrap();
+            use crate::simd::Level;
+            match level {
+                // SAFETY: `level` comes from simd::current(), never above what the CPU has.
+                #[cfg(target_arch = "x86_64")]
+                Level::Avx512 => unsafe {
+                    crate::simd::x86::avx512::decode4(words, start, table, s, out)
+                },
+                #[cfg(target_arch = "x86_64")]
+                Level::Avx2 => unsafe {
+                    crate::simd::x86::avx2::decode4(words, start, table, s, out)
+                },
+                _ => {
+                    for (k, v) in out.iter_mut().enumerate() {
+                        let i = start + k;
+                        let c = (words[i >> 3] >> ((i & 7) * 4)) & 0xF;
+                        *v = table[c as usize & 0xF] * s;
+                    }
+                }
             }
         }
         _ => {

@@ -1,5 +1,7 @@
-//! Byte-for-byte comparison of lowbit's encoders with gguf-py's `gguf.quants.quantize`, and
-//! round-trip properties of the k-quant / IQ4_NL encoders (no Python reference exists for them).
+//! Byte-for-byte comparison of lowbit's encoders with gguf-py's `gguf.quants.quantize` and (for
+//! IQ4_XS, IQ4_NL and the k-quants, which gguf-py cannot encode) with llama.cpp's reference
+//! quantizers from PyPI's llama-cpp-python, and
+//! round-trip properties of the k-quant / IQ4_NL / IQ4_XS encoders (no Python reference exists for them).
 //!
 //! Fixtures: `scripts/gen_quant_fixtures.py` (see its docstring for the cases).
 
@@ -36,6 +38,15 @@ fn encoders_match_gguf_py() {
         let expected = &blob[qo..qo + ql];
         let mut got = vec![0u8; ql];
         quantize(ty, &x, &mut got).unwrap();
+        if ty == GgmlType::IQ4_NL {
+            // llama.cpp writes the codes of a block whose scale is 0 (all |x| < 1e-15) from an
+            // uninitialized buffer; lowbit writes zeros. Both decode to zeros: skip those codes.
+            for (g, e) in got.chunks_exact_mut(18).zip(expected.chunks_exact(18)) {
+                if g[..2] == [0, 0] && e[..2] == [0, 0] {
+                    g.copy_from_slice(e);
+                }
+            }
+        }
         if got != expected {
             let first = got.iter().zip(expected).position(|(a, b)| a != b).unwrap();
             failures.push(format!(
@@ -48,7 +59,7 @@ fn encoders_match_gguf_py() {
         }
         checked += 1;
     }
-    assert!(checked >= 90, "only {checked} cases");
+    assert!(checked >= 170, "only {checked} cases");
     assert!(
         failures.is_empty(),
         "{} mismatches:\n{}",
@@ -106,6 +117,7 @@ fn roundtrip_all_encoders() {
         (Q4_1, 0.098),
         (Q4_K, 0.09),
         (IQ4_NL, 0.10),
+        (IQ4_XS, 0.10),
         (MXFP4, 0.145),
         (Q3_K, 0.195),
         (Q2_K, 0.38),
@@ -149,7 +161,8 @@ fn roundtrip_all_encoders() {
 fn special_blocks() {
     use GgmlType::*;
     for ty in [
-        Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, MXFP4, TQ1_0, TQ2_0,
+        Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, MXFP4, TQ1_0,
+        TQ2_0,
     ] {
         // All-zero input decodes to zeros.
         let x = vec![0f32; 256];
@@ -216,4 +229,105 @@ fn q6_k_reproduces_llama_cpp_blocks() {
     let mut y = vec![0f32; x.len()];
     dequantize(GgmlType::Q6_K, &q, &mut y).unwrap();
     assert_eq!(x, y);
+}
+
+/// IQ4_XS (llama.cpp's reference encoder, 4.25 bpw): no worse than IQ4_NL (4.5 bpw, one f16
+/// scale per 32) on Gaussian data and Gemma rows, since it searches 15 scales per sub-block.
+/// Re-encoding decoded values is not exactly the identity (the scale search lands on a slightly
+/// different super-block scale), but it keeps most values bit-identical and moves the rest by
+/// much less than the quantization error itself.
+#[test]
+fn iq4_xs_against_iq4_nl() {
+    use GgmlType::*;
+    let mut inputs = vec![("gauss", data(8192, 11))];
+    if let Some(g) = gemma_rows() {
+        inputs.push(("gemma", g));
+    }
+    let roundtrip = |ty: GgmlType, x: &[f32]| {
+        let mut q = vec![0u8; ty.byte_len(x.len()).unwrap()];
+        quantize(ty, x, &mut q).unwrap();
+        let mut y = vec![0f32; x.len()];
+        dequantize(ty, &q, &mut y).unwrap();
+        y
+    };
+    for (name, x) in &inputs {
+        let y = roundtrip(IQ4_XS, x);
+        let y_nl = roundtrip(IQ4_NL, x);
+        let (e_xs, e_nl) = (rel_rmse(x, &y), rel_rmse(x, &y_nl));
+        assert!(e_xs <= e_nl, "{name}: iq4_xs {e_xs:.5} > iq4_nl {e_nl:.5}");
+        for (ty, y) in [(IQ4_XS, &y), (IQ4_NL, &y_nl)] {
+            let y2 = roundtrip(ty, y);
+            let same = y.iter().zip(&y2).filter(|(a, b)| a == b).count();
+            let drift = rel_rmse(y, &y2);
+            eprintln!(
+                "{name} {ty}: err {:.5}, re-encode keeps {same}/{} values, drift {drift:.5}",
+                rel_rmse(x, y),
+                y.len()
+            );
+        }
+        let y2 = roundtrip(IQ4_XS, &y);
+        let same = y.iter().zip(&y2).filter(|(a, b)| a == b).count();
+        assert!(
+            same * 10 >= y.len() * 9,
+            "{name}: re-encoding kept only {same} values"
+        );
+        assert!(
+            rel_rmse(&y, &y2) <= e_xs * 0.25,
+            "{name}: re-encoding drift"
+        );
+    }
+}
+
+/// The fast (min/max, no search) Q4_K encoder writes valid Q4_K blocks: they decode close to
+/// the input (a bit worse than llama.cpp's searched encoder), zeros stay zeros, an outlier
+/// survives, non-finite input does not panic, and bad lengths are errors.
+#[test]
+fn q4_k_fast_round_trip() {
+    use lowbit_formats::quantize_q4_k_fast;
+    let mut inputs = vec![("gauss", data(8192, 13))];
+    if let Some(g) = gemma_rows() {
+        inputs.push(("gemma", g));
+    }
+    for (name, x) in &inputs {
+        let mut q = vec![0u8; GgmlType::Q4_K.byte_len(x.len()).unwrap()];
+        quantize_q4_k_fast(x, &mut q).unwrap();
+        let mut y = vec![0f32; x.len()];
+        dequantize(GgmlType::Q4_K, &q, &mut y).unwrap();
+        let err = rel_rmse(x, &y);
+        quantize(GgmlType::Q4_K, x, &mut q).unwrap();
+        dequantize(GgmlType::Q4_K, &q, &mut y).unwrap();
+        let searched = rel_rmse(x, &y);
+        eprintln!("{name}: q4_k fast {err:.5}, searched {searched:.5}");
+        assert!(
+            err <= searched * 1.25 && err < 0.1,
+            "{name}: fast q4_k error {err:.5} (searched {searched:.5})"
+        );
+    }
+    let mut q = vec![0u8; 144];
+    let mut y = vec![1f32; 256];
+    quantize_q4_k_fast(&[0.0; 256], &mut q).unwrap();
+    dequantize(GgmlType::Q4_K, &q, &mut y).unwrap();
+    assert!(y.iter().all(|&v| v == 0.0));
+    let mut x: Vec<f32> = data(256, 5).iter().map(|v| v * 0.01).collect();
+    x[200] = -3.0;
+    x[9] = 2.0;
+    quantize_q4_k_fast(&x, &mut q).unwrap();
+    dequantize(GgmlType::Q4_K, &q, &mut y).unwrap();
+    assert!(
+        (y[200] + 3.0).abs() < 0.2 && (y[9] - 2.0).abs() < 0.2,
+        "{} {}",
+        y[200],
+        y[9]
+    );
+    x[3] = f32::NAN;
+    x[4] = f32::INFINITY;
+    quantize_q4_k_fast(&x, &mut q).unwrap();
+    assert_eq!(
+        quantize_q4_k_fast(&x[..100], &mut q),
+        Err(FormatError::NotBlockAligned {
+            ty: GgmlType::Q4_K,
+            elements: 100
+        })
+    );
+    assert!(quantize_q4_k_fast(&x, &mut q[..143]).is_err());
 }

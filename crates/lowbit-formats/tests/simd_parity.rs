@@ -209,6 +209,34 @@ proptest! {
         }
     }
 
+    /// Q8_0 / Q4_0 encode 16 blocks at a time with a per-block tail: 35 blocks cover both, and
+    /// the small-integer grid makes blocks whose largest values are +a and -a (the tie case).
+    #[test]
+    fn ggml_encoders_grouped(x in proptest::collection::vec(-1e3f32..1e3, 35 * 32), scale in -30i32..30, grid in any::<bool>()) {
+        let x: Vec<f32> = x
+            .iter()
+            .map(|v| if grid { (v / 200.0).round() } else { v * 2f32.powi(scale) })
+            .collect();
+        for ty in [GgmlType::Q8_0, GgmlType::Q4_0] {
+            check_ggml(ty, &x);
+        }
+    }
+
+    /// The fast Q4_K encoder is written for the auto-vectorizer: every level, same bytes.
+    #[test]
+    fn q4_k_fast_levels(x in proptest::collection::vec(-1e3f32..1e3, 512), scale in -30i32..30) {
+        let mut x: Vec<f32> = x.iter().map(|v| v * 2f32.powi(scale)).collect();
+        x[17] = f32::NAN;
+        x[300] = -0.0;
+        let mut want = vec![0u8; 288];
+        simd::with_level(Level::Scalar, || lowbit_formats::quantize_q4_k_fast(&x, &mut want)).unwrap();
+        for level in fast_levels() {
+            let mut got = vec![0u8; 288];
+            simd::with_level(level, || lowbit_formats::quantize_q4_k_fast(&x, &mut got)).unwrap();
+            prop_assert_eq!(&got, &want, "{}", level);
+        }
+    }
+
     #[test]
     fn minifloat_encode_any_bits(raw in proptest::collection::vec(any::<u32>(), 64)) {
         let x: Vec<f32> = raw.iter().map(|&b| f32::from_bits(b)).collect();

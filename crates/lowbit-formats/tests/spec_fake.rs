@@ -191,6 +191,132 @@ fn stats() {
     assert_eq!(error_stats(&x, &x).sqnr_db, f64::INFINITY);
 }
 
+/// Element rounding modes of the emulation API. Stochastic rounding is unbiased: the mean of N
+/// stochastic roundings of x between grid points g0 < x < g1 has standard error at most
+/// (g1 - g0) / (2 sqrt(N)); we allow 5 standard errors (a false failure has odds below 1e-6).
+#[test]
+fn rounding_modes_and_unbiased_stochastic_rounding() {
+    use lowbit_formats::fake::fake_quantize_matrix_rounding as fq;
+    use lowbit_formats::rounding::Rounding;
+    use lowbit_formats::spec::ScaleChoice;
+    const N: usize = 40_960;
+    const S8: f32 = 1.0 / 128.0;
+    let mean = |v: &[f32]| v.iter().map(|&a| a as f64).sum::<f64>() / v.len() as f64;
+
+    // int8 with a given scale 1/128 (exact in the f16 scale format); x = 0.1234 and -0.0567.
+    let int8 = QuantSpec {
+        scale: ScaleChoice::Given(S8),
+        ..QuantSpec::parse("int8_g32_sym").unwrap()
+    };
+    for x in [0.1234f32, -0.0567] {
+        let mut y = vec![x; N];
+        fq(&int8, &mut y, 64, Rounding::Stochastic, 7).unwrap();
+        let tol = 5.0 * S8 as f64 / (2.0 * (N as f64).sqrt());
+        assert!(
+            (mean(&y) - x as f64).abs() <= tol,
+            "int8 stochastic mean {} for {x}",
+            mean(&y)
+        );
+        let lo = (x / S8).floor() * S8;
+        assert!(y.iter().all(|&v| v == lo || v == lo + S8));
+    }
+
+    // NVFP4 and MXFP4: one 6.0 per group pins the group scale to 1 (E2M1 max 6), the other
+    // values 2.3 lie between the E2M1 values 2 and 3.
+    for (name, g) in [("nvfp4", 16), ("mxfp4", 32)] {
+        let spec = QuantSpec::parse(name).unwrap();
+        let mut y: Vec<f32> = (0..N).map(|i| if i % g == 0 { 6.0 } else { 2.3 }).collect();
+        fq(&spec, &mut y, 512, Rounding::Stochastic, 11).unwrap();
+        let vals: Vec<f32> = y
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % g != 0)
+            .map(|(_, &v)| v)
+            .collect();
+        let tol = 5.0 * 1.0 / (2.0 * (vals.len() as f64).sqrt());
+        assert!(
+            (mean(&vals) - 2.3).abs() <= tol,
+            "{name} stochastic mean {}",
+            mean(&vals)
+        );
+        assert!(vals
+            .iter()
+            .all(|&v| (v - 2.0).abs() < 1e-5 || (v - 3.0).abs() < 1e-5));
+    }
+
+    // Reproducible from the seed, different for another seed.
+    let x = data(4096, 3);
+    let run = |seed| {
+        let mut y = x.clone();
+        fq(
+            &QuantSpec::parse("int4_g32").unwrap(),
+            &mut y,
+            256,
+            Rounding::Stochastic,
+            seed,
+        )
+        .unwrap();
+        y
+    };
+    assert_eq!(run(5), run(5));
+    assert_ne!(run(5), run(6));
+
+    // Deterministic modes against the exact grid of a given scale 0.5 (int4: -8..7).
+    let int4 = QuantSpec {
+        scale: ScaleChoice::Given(0.5),
+        ..QuantSpec::parse("int4_g32_sym").unwrap()
+    };
+    let x: Vec<f32> = vec![
+        0.25, -0.25, 0.75, -0.75, 0.3, -0.3, 1.0, -1.2, 3.3, -3.9, 0.0, 2.6,
+    ];
+    let with = |mode| {
+        let mut y = x.clone();
+        fq(&int4, &mut y, x.len(), mode, 0).unwrap();
+        y
+    };
+    let up = with(Rounding::Up);
+    let down = with(Rounding::Down);
+    let zero = with(Rounding::TowardZero);
+    let away = with(Rounding::NearestAway);
+    let even = with(Rounding::NearestEven);
+    for i in 0..x.len() {
+        assert!(
+            up[i] >= x[i] && up[i] - x[i] < 0.5,
+            "up {} -> {}",
+            x[i],
+            up[i]
+        );
+        assert!(
+            down[i] <= x[i] && x[i] - down[i] < 0.5,
+            "down {} -> {}",
+            x[i],
+            down[i]
+        );
+        assert!(zero[i].abs() <= x[i].abs() && (x[i] - zero[i]).abs() < 0.5);
+        assert!((away[i] - x[i]).abs() <= 0.25 && (even[i] - x[i]).abs() <= 0.25);
+    }
+    // Ties (x / s = +-0.5, +-1.5): away from zero vs to even.
+    assert_eq!(&away[..4], &[0.5, -0.5, 1.0, -1.0]);
+    assert_eq!(&even[..4], &[0.0, -0.0, 1.0, -1.0]);
+    // Nearest-even through this entry point is the plain fake quantization, bit for bit.
+    let mut a = data(1024, 9);
+    let mut b = a.clone();
+    let spec = QuantSpec::parse("nvfp4").unwrap();
+    fq(&spec, &mut a, 256, Rounding::NearestEven, 1).unwrap();
+    fake_quantize_matrix(&spec, &mut b, 256).unwrap();
+    assert_eq!(a, b);
+    // Codebooks only round to nearest.
+    let mut y = data(64, 1);
+    assert!(fq(
+        &QuantSpec::parse("nf4_g64").unwrap(),
+        &mut y,
+        64,
+        Rounding::Stochastic,
+        1
+    )
+    .is_err());
+}
+
 proptest! {
     #[test]
     fn pack_round_trips(bits in 1u32..=8, raw in proptest::collection::vec(any::<u8>(), 0..200)) {

@@ -33,40 +33,175 @@ use crate::hadamard::Hadamard;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RotateKind {
     None,
+    /// R1: the residual stream, fused into the weights (pre-norm dense models).
     Hadamard,
+    /// R4: the down projection's input, `W_down ← W_down · Q` offline and `x ← x · Q` online at
+    /// inference (any dense architecture, Gemma 3 included).
+    Online,
+    /// Both.
+    HadamardOnline,
 }
 
 impl RotateKind {
     pub fn parse(s: &str) -> Result<RotateKind> {
         match s.to_ascii_lowercase().as_str() {
             "none" => Ok(RotateKind::None),
-            "hadamard" => Ok(RotateKind::Hadamard),
-            other => bail!("unknown rotation '{other}' (expected none or hadamard)"),
+            "hadamard" | "r1" => Ok(RotateKind::Hadamard),
+            "online" | "r4" => Ok(RotateKind::Online),
+            "hadamard+online" | "r1+r4" => Ok(RotateKind::HadamardOnline),
+            other => bail!(
+                "unknown rotation '{other}' (expected none, hadamard (R1, fused), online (R4, the \
+                 down projection's input, applied at inference) or hadamard+online)"
+            ),
         }
     }
+
+    pub fn fused(self) -> bool {
+        matches!(self, RotateKind::Hadamard | RotateKind::HadamardOnline)
+    }
+
+    pub fn online(self) -> bool {
+        matches!(self, RotateKind::Online | RotateKind::HadamardOnline)
+    }
+}
+
+/// An online rotation: `x ← x · Q` on the input of `module` in every layer at inference, with
+/// `Q` the randomized Hadamard rotation of `seed` (the weights were multiplied by `Q` offline).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OnlineRotation {
+    pub module: String,
+    pub seed: u64,
+    pub size: usize,
+    pub base: usize,
+}
+
+/// Record `info`'s online rotations in `config`, so models built from it (calibration,
+/// evaluation) apply them as the written checkpoint's loader will.
+pub fn set_online_rotation(config: &mut ModelConfig, info: &RotationInfo) {
+    config.online_rotations = info
+        .online
+        .iter()
+        .map(|o| lowbit_model::config::OnlineRotationSpec {
+            module: o.module.clone(),
+            seed: o.seed,
+            size: o.size,
+        })
+        .collect();
+}
+
+/// Seed of the online (R4) rotation, derived from the user's so R1 and R4 differ.
+pub fn online_seed(seed: u64) -> u64 {
+    seed ^ 0x5234_0000_0000_0004
 }
 
 /// The rotation applied, as recorded in config.json (`quantization_config.lowbit_rotation`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RotationInfo {
     pub seed: u64,
-    /// Rotation size (the hidden size).
+    /// Rotation size (the hidden size); 0 when the residual stream is not rotated.
     pub size: usize,
     /// Dense Paley factor of the Hadamard matrix (1 when the size is a power of two).
     pub base: usize,
+    /// Rotations the runtime applies online (R4 on the down projection's input).
+    pub online: Vec<OnlineRotation>,
 }
 
 impl RotationInfo {
     pub fn to_json(&self) -> Value {
+        let online: Vec<Value> = self
+            .online
+            .iter()
+            .map(|o| {
+                json!({
+                    "module": o.module,
+                    "seed": o.seed,
+                    "size": o.size,
+                    "hadamard_base": o.base,
+                })
+            })
+            .collect();
+        let fused: Vec<&str> = if self.size > 0 {
+            vec!["residual"]
+        } else {
+            vec![]
+        };
         json!({
             "kind": "hadamard",
             "seed": self.seed,
             "size": self.size,
             "hadamard_base": self.base,
-            "fused": ["residual"],
-            "norms_folded": true,
+            "fused": fused,
+            "norms_folded": self.size > 0,
+            "online": online,
         })
     }
+}
+
+/// R4: multiply every layer's down projection by `Q` on the input side (`W ← W · Q`, Q of the
+/// intermediate size), leaving every other tensor as it is; the runtime rotates the down
+/// projection's input by the same `Q`. Works for any dense architecture (the down projection's
+/// input is the gated activation, touched by no norm). `prior` (an R1 rotation already applied)
+/// is kept in the returned info.
+pub fn rotate_down_online(
+    c: &ModelConfig,
+    w: &WeightStore,
+    seed: u64,
+    scratch_dir: &Path,
+    prior: Option<RotationInfo>,
+) -> Result<Rotated> {
+    if c.moe.is_some() {
+        bail!(
+            "--rotate online is not supported for {}: mixture-of-experts layers are not rotated by \
+             lowbit yet",
+            c.arch.name()
+        );
+    }
+    let q = Hadamard::new(c.intermediate_size, seed).with_context(|| {
+        format!(
+            "--rotate online of {} (intermediate size {})",
+            c.arch.name(),
+            c.intermediate_size
+        )
+    })?;
+    let mut out = Scratch::create(scratch_dir)?;
+    let names: Vec<String> = w.names().map(String::from).collect();
+    let mut rotated = 0;
+    for name in &names {
+        if name.starts_with("model.layers.") && name.ends_with(".mlp.down_proj.weight") {
+            write_reader(&mut out, w, name, name, None, &q)?;
+            rotated += 1;
+        } else {
+            let t = w.require(name)?;
+            let start = out.begin()?;
+            out.write(t.data)?;
+            out.end(name, t.dtype, t.shape.to_vec(), start);
+        }
+    }
+    if rotated != c.num_layers {
+        bail!(
+            "{}: found {rotated} mlp.down_proj weights for {} layers; --rotate online needs one per layer",
+            w.path.display(),
+            c.num_layers
+        );
+    }
+    let weights = out.finish(&w.path)?;
+    let mut info = prior.unwrap_or(RotationInfo {
+        seed,
+        size: 0,
+        base: 1,
+        online: Vec::new(),
+    });
+    info.online.push(OnlineRotation {
+        module: "down_proj".into(),
+        seed,
+        size: q.size(),
+        base: q.base(),
+    });
+    Ok(Rotated {
+        config: c.clone(),
+        weights,
+        info,
+    })
 }
 
 /// A model with R1 fused in: a plain model (norm weights 1, output head untied).
@@ -83,8 +218,8 @@ pub fn check_supported(c: &ModelConfig) -> Result<()> {
         Arch::Gemma3 => Some(
             "its post-attention and post-feedforward RMSNorms (sandwich norms) normalize each \
              sublayer's output with a weight before it joins the residual stream, so a rotation \
-             of the residual cannot be fused into the weights (it needs an online rotation at \
-             inference, which lowbit does not do yet)",
+             of the residual cannot be fused into the weights; use --rotate online (R4, the down \
+             projection's input, rotated at inference)",
         ),
         Arch::Mixtral | Arch::Qwen2Moe | Arch::Qwen3Moe => Some(
             "mixture-of-experts layers (router and every expert) are not rotated by lowbit yet",
@@ -431,6 +566,7 @@ pub fn rotate_model(
             seed,
             size: q.size(),
             base: q.base(),
+            online: Vec::new(),
         },
     })
 }

@@ -208,6 +208,31 @@ pub(super) fn q8_k(src: &[u8], dst: &mut [f32]) {
     }
 }
 
+/// IQ4_XS (136 bytes): f16 d, u16 scales_h (2 high bits of each sub-block scale), scales_l[4]
+/// (4 low bits, two sub-blocks per byte, low nibble first), qs[128]. Sub-block ib (32 values)
+/// has scale ls = scales_l nibble | scales_h bits << 4 (6 bits, offset 32) and its codes in
+/// qs[16 ib..16 ib + 16] (element j low nibble, j + 16 high). y = (d * (ls - 32)) * kvalues[q].
+pub(super) fn iq4_xs(src: &[u8], dst: &mut [f32]) {
+    let table = super::legacy::KVALUES_IQ4NL.map(|v| v as f32);
+    for (b, y) in blocks::<136>(src, dst) {
+        let d = f16_le(b[0], b[1]);
+        let scales_h = u16::from_le_bytes([b[2], b[3]]);
+        let scales_l = field::<4, 4, 136>(b);
+        let qs = field::<8, 128, 136>(b);
+        for ib in 0..8 {
+            let lo = (scales_l[ib / 2] >> (4 * (ib % 2))) & 0x0F;
+            let hi = ((scales_h >> (2 * ib)) & 3) as u8;
+            let dl = d * ((lo | (hi << 4)) as i32 - 32) as f32;
+            let q: &[u8; 16] = qs[16 * ib..16 * ib + 16].try_into().unwrap();
+            let yb = out::<32>(y, 32 * ib);
+            for j in 0..16 {
+                yb[j] = dl * table[(q[j] & 0x0F) as usize];
+                yb[j + 16] = dl * table[(q[j] >> 4) as usize];
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -97,7 +97,7 @@ pub(super) fn q8_0(src: &[u8], dst: &mut [f32]) {
 }
 
 /// IQ4_NL's non-linear 4-bit codebook (llama.cpp `kvalues_iq4nl`).
-const KVALUES_IQ4NL: [i8; 16] = [
+pub(super) const KVALUES_IQ4NL: [i8; 16] = [
     -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
 ];
 

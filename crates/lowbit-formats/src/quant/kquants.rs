@@ -373,6 +373,114 @@ pub(super) fn q4_k(src: &[f32], dst: &mut [u8]) {
     }
 }
 
+/// Q4_K with plain min/max sub-block scales, no search (NOT llama.cpp's encoder): sub-block j
+/// takes lo = min(min x, 0), hi = max x, scale (hi - lo) / 15 and min -lo; the super-block
+/// scales are the largest of each over 63 (stored as f16), the 6-bit sub-block scale and min
+/// are round-to-nearest multiples of them, and codes are round((x + dmin m) / (d sc)) clamped
+/// to [0, 15] (multiplying by the reciprocal). Valid Q4_K blocks for any decoder; error a bit
+/// above the searched encoder's. Written as straight loops over fixed-size arrays so the
+/// compiler vectorizes it (instantiated per SIMD level in `simd::x86`).
+#[inline(always)]
+pub(crate) fn q4_k_fast(src: &[f32], dst: &mut [u8]) {
+    const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23: (v + MAGIC) - MAGIC rounds |v| < 2^22
+    for (x, b) in src.chunks_exact(QK_K).zip(dst.chunks_exact_mut(144)) {
+        let x: &[f32; QK_K] = x.try_into().unwrap();
+        let b: &mut [u8; 144] = b.try_into().unwrap();
+        let mut scales = [0.0f32; 8];
+        let mut mins = [0.0f32; 8];
+        for j in 0..8 {
+            let xs: &[f32; 32] = x[32 * j..32 * j + 32].try_into().unwrap();
+            // Selects rather than f32::min/max (one instruction each, NaN ignored), per lane
+            // over the two halves, then a tree over the 16 lanes: loops the compiler vectorizes.
+            let mut lo = [0.0f32; 16];
+            let mut hi = [f32::NEG_INFINITY; 16];
+            for h in 0..2 {
+                for i in 0..16 {
+                    let v = xs[16 * h + i];
+                    lo[i] = if v < lo[i] { v } else { lo[i] };
+                    hi[i] = if v > hi[i] { v } else { hi[i] };
+                }
+            }
+            let (lo, mut hi) = (
+                fold16(lo, |a, b| if b < a { b } else { a }),
+                fold16(hi, |a, b| if b > a { b } else { a }),
+            );
+            if hi < lo {
+                hi = lo; // an all-NaN sub-block
+            }
+            scales[j] = (hi - lo) / 15.0;
+            mins[j] = -lo;
+        }
+        let (d, dmin, ls, lm) = q4_k_fast_head(&scales, &mins, b);
+        let mut l = [0u8; QK_K];
+        for j in 0..8 {
+            let dl = d * ls[j] as f32;
+            let dm = dmin * lm[j] as f32;
+            let idl = if dl > 0.0 { 1.0 / dl } else { 0.0 };
+            let xs: &[f32; 32] = x[32 * j..32 * j + 32].try_into().unwrap();
+            let lj: &mut [u8; 32] = (&mut l[32 * j..32 * j + 32]).try_into().unwrap();
+            for i in 0..32 {
+                // NaN.clamp stays NaN and `as u8` turns it into 0.
+                lj[i] = (((xs[i] + dm) * idl).clamp(0.0, 15.0) + MAGIC - MAGIC) as i32 as u8;
+            }
+        }
+        let q: &mut [u8; 128] = (&mut b[16..]).try_into().unwrap();
+        for c in 0..4 {
+            for i in 0..32 {
+                q[32 * c + i] = l[64 * c + i] | (l[64 * c + i + 32] << 4);
+            }
+        }
+    }
+}
+
+/// The fast Q4_K encoder's super-block part: from the eight sub-block scales and mins, write d,
+/// dmin (f16) and the packed 6-bit scales/mins into `b[0..16]`; returns (d, dmin, ls, lm) as
+/// the decoder will see them. Shared by the scalar and AVX-512 versions.
+#[inline(always)]
+pub(crate) fn q4_k_fast_head(
+    scales: &[f32; 8],
+    mins: &[f32; 8],
+    b: &mut [u8],
+) -> (f32, f32, [u8; 8], [u8; 8]) {
+    const MAGIC: f32 = 12_582_912.0;
+    let max_scale = scales
+        .iter()
+        .fold(0.0f32, |m, &v| if v > m { v } else { m });
+    let max_min = mins.iter().fold(0.0f32, |m, &v| if v > m { v } else { m });
+    put_f16(&mut b[0..2], max_scale / 63.0);
+    put_f16(&mut b[2..4], max_min / 63.0);
+    let d = f16_round(max_scale / 63.0);
+    let dmin = f16_round(max_min / 63.0);
+    let (id, idmin) = (
+        if d > 0.0 { 1.0 / d } else { 0.0 },
+        if dmin > 0.0 { 1.0 / dmin } else { 0.0 },
+    );
+    let mut ls = [0u8; 8];
+    let mut lm = [0u8; 8];
+    for j in 0..8 {
+        ls[j] = ((scales[j] * id).clamp(0.0, 63.0) + MAGIC - MAGIC) as i32 as u8;
+        lm[j] = ((mins[j] * idmin).clamp(0.0, 63.0) + MAGIC - MAGIC) as i32 as u8;
+    }
+    pack_scales_k4(&ls, &lm, &mut b[4..16]);
+    (d, dmin, ls, lm)
+}
+
+/// Tree reduction of 16 lanes with fixed-width steps (constant trip counts, so every step
+/// compiles to straight vector code at any instruction set).
+#[inline(always)]
+fn fold16(mut a: [f32; 16], op: impl Fn(f32, f32) -> f32) -> f32 {
+    for i in 0..8 {
+        a[i] = op(a[i], a[i + 8]);
+    }
+    for i in 0..4 {
+        a[i] = op(a[i], a[i + 4]);
+    }
+    for i in 0..2 {
+        a[i] = op(a[i], a[i + 2]);
+    }
+    op(a[0], a[1])
+}
+
 /// Q5_K (176 bytes): f16 d, f16 dmin, 12 bytes scales, 32 bytes high bits, 128 bytes nibbles.
 pub(super) fn q5_k(src: &[f32], dst: &mut [u8]) {
     for (x, b) in src.chunks_exact(QK_K).zip(dst.chunks_exact_mut(176)) {

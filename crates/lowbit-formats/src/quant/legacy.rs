@@ -34,7 +34,7 @@ pub(crate) fn inv_or_zero(d: f32) -> f32 {
 
 /// The element with the largest magnitude (the first one on ties), with its sign.
 #[inline(always)]
-fn signed_absmax(x: &[f32]) -> f32 {
+pub(crate) fn signed_absmax(x: &[f32]) -> f32 {
     let mut amax = 0.0f32;
     let mut max = 0.0f32;
     for &v in x {

@@ -12,6 +12,8 @@
 use std::cell::Cell;
 use std::sync::OnceLock;
 
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod decode;
 pub(crate) mod kernels;
 pub(crate) mod kq;
 #[cfg(target_arch = "x86_64")]

@@ -55,11 +55,19 @@ macro_rules! instantiate {
 
 pub(crate) mod avx2 {
     instantiate!("avx2,fma,f16c", 8);
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(crate) unsafe fn q4_k_fast(src: &[f32], dst: &mut [u8]) {
+        crate::quant::kquants::q4_k_fast(src, dst)
+    }
+    pub(crate) use crate::simd::decode::decode4_avx2 as decode4;
     pub(crate) use crate::simd::q8::{mxfp4_avx2 as mxfp4, q4_0_avx2 as q4_0, q8_0_avx2 as q8_0};
 }
 
 pub(crate) mod avx512 {
     instantiate!("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c", 16);
+    pub(crate) use crate::simd::decode::decode4_avx512 as decode4;
+    pub(crate) use crate::simd::q8::q4_k_fast_avx512 as q4_k_fast;
     pub(crate) use crate::simd::q8::{
         mxfp4_avx512 as mxfp4, q4_0_avx512 as q4_0, q8_0_avx512 as q8_0,
     };
