@@ -68,7 +68,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--rows", type=int, default=256,
+                    help="rows of 4096 values (64 = 1 MiB, L2-resident; the Rust bench: LOWBIT_BENCH_ROWS)")
     args = ap.parse_args()
+    global ROWS
+    ROWS = args.rows
 
     rng = np.random.default_rng(20240612)
     x = weights(rng)

@@ -30,6 +30,10 @@ pub struct GpuBenchArgs {
     /// Timed repetitions per GEMV measurement (median reported).
     #[arg(long, default_value_t = 20)]
     reps: usize,
+    /// Dense GEMM benchmark instead of the rest: bf16 vs FP8 (W8A8) cuBLASLt GEMMs for
+    /// m = n = k = SIZE and m = 16, 512 with n = k = SIZE.
+    #[arg(long, value_name = "SIZE")]
+    gemm: Option<usize>,
 }
 
 /// "cuda" -> 0, "cuda:N" -> N; anything else is an error.
@@ -46,6 +50,9 @@ pub fn parse_device(s: &str) -> Result<usize> {
 
 pub fn gpu_bench(a: GpuBenchArgs) -> Result<()> {
     let ordinal = parse_device(&a.device)?;
+    if let Some(size) = a.gemm {
+        return gemm_bench(ordinal, size, a.reps);
+    }
     let shape = ModelShape::by_name(&a.synthetic).with_context(|| {
         format!(
             "unknown synthetic model '{}' (llama-3-8b, qwen2.5-7b)",
@@ -175,6 +182,68 @@ pub fn gpu_bench(a: GpuBenchArgs) -> Result<()> {
                 }
             }
         }
+    }
+    Ok(())
+}
+
+/// `gpu-bench --gemm SIZE`: cuBLASLt bf16 vs FP8 E4M3 GEMM throughput (issue 7).
+fn gemm_bench(ordinal: usize, size: usize, reps: usize) -> Result<()> {
+    use lowbit_cuda::cublaslt::{CublasLt, FP8_K_MULTIPLE, FP8_N_MULTIPLE};
+    if size == 0 || size % FP8_K_MULTIPLE != 0 || size % FP8_N_MULTIPLE != 0 {
+        bail!("--gemm {size}: SIZE must be a positive multiple of 16 (FP8 GEMM requirement)");
+    }
+    let be = CudaBackend::new(ordinal).context("cannot open the CUDA device")?;
+    let mut lt = CublasLt::new(&be).context("cannot open cuBLASLt")?;
+    println!("device: {} ({})", be.device_name(), be.arch());
+    println!(
+        "cuBLASLt GEMM c[m][n] = a[m][k] * b[n][k]^T, bf16 output, f32 accumulation; \
+         fp8 = E4M3 x E4M3 with per-tensor scales (W8A8); median of {reps} (CUDA events)"
+    );
+    println!(
+        "{:>6} {:>6} {:>6} | {:>9} {:>8} | {:>9} {:>8} {:>6} | {:>9} {:>8} {:>6} | {:>9}",
+        "m",
+        "n",
+        "k",
+        "bf16 ms",
+        "TFLOP/s",
+        "fp8 ms",
+        "TFLOP/s",
+        "x bf16",
+        "fast ms",
+        "TFLOP/s",
+        "x bf16",
+        "quant us"
+    );
+    let mut square = None;
+    for m in [size, 16, 512] {
+        let t = bench::time_gemm(&be, &mut lt, m, size, size, reps)?;
+        println!(
+            "{:>6} {:>6} {:>6} | {:>9.4} {:>8.1} | {:>9.4} {:>8.1} {:>5.2}x | {:>9.4} {:>8.1} {:>5.2}x | {:>9.1}",
+            t.m,
+            t.n,
+            t.k,
+            t.bf16_ms,
+            t.tflops(t.bf16_ms),
+            t.fp8_ms,
+            t.tflops(t.fp8_ms),
+            t.bf16_ms / t.fp8_ms,
+            t.fp8_fast_ms,
+            t.tflops(t.fp8_fast_ms),
+            t.bf16_ms / t.fp8_fast_ms,
+            t.quant_ms * 1e3
+        );
+        if m == size {
+            square = Some(t);
+        }
+    }
+    println!("(fast = CUBLASLT_MATMUL_DESC_FAST_ACCUM on; quant = bf16 activations [m][k] to E4M3 on the device, absmax + cast)");
+    if let Some(t) = square {
+        println!(
+            "{size}^3: fp8/bf16 = {:.2}x ({:.2}x with fast accumulation); goal >= 1.6x. \
+             PyTorch reference on the H100: bf16 781, fp8 1415 TFLOP/s (1.81x)",
+            t.bf16_ms / t.fp8_ms,
+            t.bf16_ms / t.fp8_fast_ms
+        );
     }
     Ok(())
 }

@@ -1,6 +1,8 @@
 //! `lowbit`: run, evaluate and (soon) compress language models.
 
+mod compare;
 mod eval_kld;
+mod export_gguf;
 mod quantize;
 
 use std::io::Write;
@@ -112,6 +114,9 @@ enum EvalCommand {
     Ppl(PplArgs),
     /// KL-divergence, top-1 agreement and PPL of a model against a base model.
     Kld(eval_kld::KldArgs),
+    /// Several models against one base: one table of bits per weight, size, PPL, ΔPPL, KLD and
+    /// top-1 (base logits computed once); --plot writes KLD vs bits per weight as SVG.
+    Compare(compare::CompareArgs),
 }
 
 #[derive(Args)]
@@ -175,6 +180,7 @@ fn main() {
         Command::Formats(a) => formats(a),
         Command::Quantize(a) => quantize::quantize(a),
         Command::Eval(EvalCommand::Kld(a)) => eval_kld::eval_kld(a),
+        Command::Eval(EvalCommand::Compare(a)) => compare::eval_compare(a),
         Command::GpuBench(a) => gpu::gpu_bench(a),
         Command::Bench(a) => bench::run(a),
     };

@@ -1,4 +1,5 @@
-//! `lowbit quantize`: RTN or GPTQ weight quantization into a compressed-tensors directory.
+//! `lowbit quantize`: RTN, GPTQ, imatrix or AWQ weight quantization (optionally with W8A8 activation
+//! quantization and SmoothQuant) into a compressed-tensors directory.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -14,14 +15,32 @@ pub struct QuantizeArgs {
     /// Input model: HF directory, GGUF file (Gemma 3 / Qwen), or hub id.
     #[arg(short, long)]
     model: String,
-    /// Scheme: a preset (w4g128, w4g128_asym, w3g128, w2g64, w8, w8a16, fp8) or a spec
-    /// (int4_g64_sym, uint4_g128, int8_channel, fp8_e4m3_channel, ...).
+    /// Scheme: a preset (w4g128, w4g128_asym, w3g128, w2g64, w8, w8a16, fp8, nvfp4, mxfp4) or a
+    /// spec (int4_g64_sym, uint4_g128, int8_channel, fp8_e4m3_channel, ...); with --export gguf a
+    /// GGUF scheme (q4_k_m, q8_0, q4_0, q6_k, ...).
     #[arg(short, long)]
     scheme: String,
-    /// rtn or gptq.
+    /// rtn, gptq, imatrix (importance-weighted scale search), awq (activation-aware channel
+    /// scaling, then RTN), awq+gptq or awq+imatrix.
     #[arg(long, default_value = "rtn")]
     method: String,
-    /// Calibration text (GPTQ).
+    /// Quantize activations too, dynamically per token (W8A8 / W4A8): int8 (with integer weights)
+    /// or fp8 (with --scheme fp8). Written as compressed-tensors `input_activations`.
+    #[arg(long, value_name = "int8|fp8")]
+    act: Option<String>,
+    /// SmoothQuant: move activation outliers into the weights with strength ALPHA in [0, 1]
+    /// (0.5 is the usual choice), folded into the preceding norms / v_proj / up_proj. Needs --calib.
+    #[arg(long, value_name = "ALPHA")]
+    smooth: Option<f64>,
+    /// --method imatrix: read the importance values from FILE (written by --imatrix-out; JSON,
+    /// see docs) instead of calibrating.
+    #[arg(long, value_name = "FILE")]
+    imatrix: Option<PathBuf>,
+    /// Save the importance values (mean squared input activation per channel of every linear)
+    /// gathered from the calibration text to FILE.
+    #[arg(long, value_name = "FILE")]
+    imatrix_out: Option<PathBuf>,
+    /// Calibration text (gptq, imatrix, awq, --smooth).
     #[arg(long)]
     calib: Option<PathBuf>,
     /// Calibration sequences.
@@ -36,9 +55,17 @@ pub struct QuantizeArgs {
     /// GPTQ dampening, as a fraction of the mean Hessian diagonal.
     #[arg(long, default_value_t = 0.01)]
     damp: f64,
-    /// Output directory.
+    /// Output directory (a .gguf file with --export gguf).
     #[arg(short, long)]
     out: PathBuf,
+    /// Output form: compressed-tensors (an HF directory), or gguf (one GGUF file in llama.cpp's
+    /// block formats; --scheme q4_k_m, q8_0, q4_0, q6_k, ...; RTN only).
+    #[arg(
+        long,
+        default_value = "compressed-tensors",
+        value_name = "compressed-tensors|gguf"
+    )]
+    export: String,
     /// Replace an existing output directory.
     #[arg(long)]
     force: bool,
@@ -48,9 +75,15 @@ pub struct QuantizeArgs {
     /// Print one JSON summary.
     #[arg(long)]
     json: bool,
-    /// Rotate the residual stream before quantizing: none, or hadamard (randomized Hadamard R1
-    /// fused into the weights, norms folded first; Llama/Mistral/Qwen2/Qwen3 dense models).
-    #[arg(long, default_value = "none", value_name = "none|hadamard")]
+    /// Rotate before quantizing: none; hadamard (randomized Hadamard R1 of the residual stream
+    /// fused into the weights, norms folded first; Llama/Mistral/Qwen2/Qwen3 dense models);
+    /// online (R4: the down projection's input, rotated again at inference; any dense model,
+    /// Gemma 3 included); or hadamard+online.
+    #[arg(
+        long,
+        default_value = "none",
+        value_name = "none|hadamard|online|hadamard+online"
+    )]
     rotate: String,
     /// Seed of the rotation's random ±1 signs.
     #[arg(long, default_value_t = 0)]
@@ -170,11 +203,42 @@ pub fn quantize(a: QuantizeArgs) -> Result<()> {
             a.out.display()
         );
     }
+    match a.export.as_str() {
+        "compressed-tensors" => {}
+        "gguf" => {
+            if a.method != "rtn" || a.act.is_some() || a.smooth.is_some() || a.rotate != "none" {
+                bail!("--export gguf quantizes with llama.cpp's block encoders: --method rtn only, no --act/--smooth/--rotate");
+            }
+            return crate::export_gguf::export(
+                &a.model, &a.scheme, &a.out, &a.ignore, a.force, a.json,
+            );
+        }
+        other => bail!("--export {other}: expected compressed-tensors or gguf"),
+    }
     let spec_name = preset(&a.scheme);
     let spec = lowbit_formats::QuantSpec::parse(&spec_name)
         .map_err(|e| anyhow::anyhow!("--scheme {}: {}", a.scheme, e.0))?;
     let quantizer = Quantizer::from_spec(&spec)?;
     let method = Method::parse(&a.method)?;
+    let act = match &a.act {
+        None => None,
+        Some(s) => Some(
+            lowbit_quant::smooth::ActQuant::parse(s)
+                .with_context(|| format!("--act {s}: expected int8 or fp8"))?,
+        ),
+    };
+    if let Some(act) = act {
+        lowbit_quant::smooth::check_combination(act, &quantizer)
+            .with_context(|| format!("--scheme {}", a.scheme))?;
+    }
+    if a.smooth.is_some() && act.is_none() {
+        bail!("--smooth only helps activation quantization: add --act int8|fp8");
+    }
+    let extra = lowbit_quant::ExtraOptions {
+        smooth: a.smooth,
+        imatrix: a.imatrix.clone(),
+        imatrix_out: a.imatrix_out.clone(),
+    };
     let rotate = lowbit_quant::rotate::RotateKind::parse(&a.rotate)
         .with_context(|| format!("--rotate {}", a.rotate))?;
     let mut ignore = lowbit_quant::pipeline::default_ignore();
@@ -186,11 +250,11 @@ pub fn quantize(a: QuantizeArgs) -> Result<()> {
     // R1 is fused into the f32 weights before anything is quantized or calibrated; the rotated
     // tensors live in a scratch file next to the output (unlinked once mapped).
     let mut rotation = None;
-    if rotate == lowbit_quant::rotate::RotateKind::Hadamard {
-        let scratch = match a.out.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
+    let scratch = match a.out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if rotate.fused() {
         let r = lowbit_quant::rotate::rotate_model(
             &input.config,
             &input.weights,
@@ -202,8 +266,28 @@ pub fn quantize(a: QuantizeArgs) -> Result<()> {
         input.weights = r.weights;
         rotation = Some(r.info);
     }
+    // R4: the down projections are rotated here and their inputs at inference (the model built
+    // for calibration applies it too, so GPTQ sees the rotated activations).
+    if rotate.online() {
+        let r = lowbit_quant::rotate::rotate_down_online(
+            &input.config,
+            &input.weights,
+            lowbit_quant::rotate::online_seed(a.rotate_seed),
+            &scratch,
+            rotation.take(),
+        )
+        .with_context(|| format!("model '{}'", a.model))?;
+        input.config = r.config;
+        input.weights = r.weights;
+        lowbit_quant::rotate::set_online_rotation(&mut input.config, &r.info);
+        rotation = Some(r.info);
+    }
     let calib = match (&a.calib, method) {
-        (None, Method::Gptq) => bail!("--method gptq needs --calib TEXT"),
+        (None, Method::Imatrix) if a.imatrix.is_some() && a.smooth.is_none() => Vec::new(),
+        (None, m) if m.needs_calibration() => {
+            bail!("--method {} needs --calib TEXT", m.name())
+        }
+        (None, _) if a.smooth.is_some() => bail!("--smooth needs --calib TEXT"),
         (None, _) => Vec::new(),
         (Some(p), _) => {
             let tok = input
@@ -262,10 +346,14 @@ pub fn quantize(a: QuantizeArgs) -> Result<()> {
     if let Some(r) = &rotation {
         writer.set_rotation(r);
     }
-    let reports = lowbit_quant::quantize_streaming(
+    if let Some(act) = act {
+        writer.set_input_activations(lowbit_quant::smooth::input_activations(act));
+    }
+    let reports = lowbit_quant::quantize_streaming_ext(
         &input.config,
         &input.weights,
         &opts,
+        &extra,
         &plan,
         &calib,
         &mut |name, t| writer.add(name, &t),
@@ -295,6 +383,7 @@ pub fn quantize(a: QuantizeArgs) -> Result<()> {
         let j = serde_json::json!({
             "out": a.out, "scheme": spec.to_string(), "method": method.name(), "layers": qm.reports,
             "ignored": qm.ignored, "bits_per_weight": bpw, "seconds": seconds, "peak_rss_bytes": peak,
+            "act": act.map(|x| x.name()), "smooth": a.smooth,
         });
         println!("{j}");
     } else {

@@ -343,6 +343,19 @@ pub(crate) unsafe fn dot_rows(isa: Isa, job: &RowsJob<'_>, r0: usize, r1: usize,
     }
 }
 
+/// Software prefetch distance of the GEMV kernels in bytes (0: off, hardware prefetch only).
+/// 4 KiB ahead (at least one row group): +38% on Gemma-3's 178 MB Q8_0 output matrix on the
+/// 2-core dev VM (`examples/prefetch_ab`: 16.6 → 23 GB/s); the hardware prefetcher alone does
+/// not keep enough lines in flight for the interleaved rows of a group.
+static PREFETCH_BYTES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(4096);
+
+/// Set the GEMV software prefetch distance (bytes ahead of the rows being read; 0 turns it
+/// off). For bandwidth experiments (`examples/gemv_bandwidth`).
+#[doc(hidden)]
+pub fn set_prefetch_bytes(bytes: usize) {
+    PREFETCH_BYTES.store(bytes, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Whether `w` (one row) and `a` have matching lengths for type `t`.
 pub(crate) fn row_matches(t: GgmlType, row_bytes: usize, nb: usize) -> bool {
     let (bytes, vals) = block_shape(t);
@@ -360,12 +373,16 @@ mod x86 {
     /// The few operations that differ between AVX-512 VNNI and AVX2. Everything is inlined into
     /// the `#[target_feature]` entry points below, so the intrinsics compile with their features.
     trait Ops {
-        /// 8 sums of 4 products `u[i] · a[i]`, `u` unsigned (≤ 63), `a` signed.
-        unsafe fn dot_u8(u: __m256i, a: __m256i) -> __m256i;
-        /// The same with signed `w` (≠ -128).
+        /// `acc` plus 8 sums of 4 products `u[i] · a[i]`, `u` unsigned (≤ 63), `a` signed.
+        unsafe fn dot_u8_acc(acc: __m256i, u: __m256i, a: __m256i) -> __m256i;
+        /// The same with signed `w` (≠ -128) and no start value.
         unsafe fn dot_s8(w: __m256i, a: __m256i) -> __m256i;
         /// 0xFF in byte i where bit i of `x` is set.
         unsafe fn bits32(x: u32) -> __m256i;
+        #[inline(always)]
+        unsafe fn dot_u8(u: __m256i, a: __m256i) -> __m256i {
+            Self::dot_u8_acc(_mm256_setzero_si256(), u, a)
+        }
     }
 
     struct Vnni;
@@ -373,8 +390,8 @@ mod x86 {
 
     impl Ops for Vnni {
         #[inline(always)]
-        unsafe fn dot_u8(u: __m256i, a: __m256i) -> __m256i {
-            _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, a)
+        unsafe fn dot_u8_acc(acc: __m256i, u: __m256i, a: __m256i) -> __m256i {
+            _mm256_dpbusd_epi32(acc, u, a)
         }
         #[inline(always)]
         unsafe fn dot_s8(w: __m256i, a: __m256i) -> __m256i {
@@ -392,8 +409,9 @@ mod x86 {
 
     impl Ops for Avx2 {
         #[inline(always)]
-        unsafe fn dot_u8(u: __m256i, a: __m256i) -> __m256i {
-            _mm256_madd_epi16(_mm256_maddubs_epi16(u, a), _mm256_set1_epi16(1))
+        unsafe fn dot_u8_acc(acc: __m256i, u: __m256i, a: __m256i) -> __m256i {
+            let p = _mm256_madd_epi16(_mm256_maddubs_epi16(u, a), _mm256_set1_epi16(1));
+            _mm256_add_epi32(acc, p)
         }
         #[inline(always)]
         unsafe fn dot_s8(w: __m256i, a: __m256i) -> __m256i {
@@ -425,25 +443,64 @@ mod x86 {
         rows::<Avx2>(job, r0, r1, out)
     }
 
+    /// Rows per step of the kernels: each activation block is loaded once for all of them and
+    /// their accumulators are independent, so the float chains overlap instead of waiting on
+    /// one another.
+    const GROUP: usize = 4;
+
     #[inline(always)]
     unsafe fn rows<O: Ops>(job: &RowsJob<'_>, r0: usize, r1: usize, out: *mut f32) {
-        for r in r0..r1 {
-            let w = job.row(r).as_ptr();
-            for t in 0..job.tokens {
-                let a = job.act(t);
-                let v = match job.dtype {
-                    GgmlType::Q8_0 => q8_0::<O>(w, a),
-                    GgmlType::Q4_0 => q4_0::<O>(w, a),
-                    GgmlType::Q5_0 => q5_0::<O>(w, a),
-                    GgmlType::IQ4_NL => table4::<O>(w, a, 18, &KVALUES_IQ4NL),
-                    GgmlType::MXFP4 => table4::<O>(w, a, 17, &KVALUES_MXFP4),
-                    GgmlType::Q4_K => q4_k::<O, false>(w, a),
-                    GgmlType::Q5_K => q4_k::<O, true>(w, a),
-                    GgmlType::Q6_K => q6_k::<O>(w, a),
-                    _ => f32::NAN,
-                };
-                *out.add(t * job.rows + r) = v;
+        let mut r = r0;
+        let pf = match super::PREFETCH_BYTES.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => 0,
+            d => d.max(GROUP * job.row_bytes),
+        };
+        let end = job.data.as_ptr().add(r1 * job.row_bytes);
+        while r + GROUP <= r1 {
+            let w: [*const u8; GROUP] = std::array::from_fn(|k| job.row(r + k).as_ptr());
+            if pf > 0 {
+                // Ask for the weights `pf` bytes ahead of this group, one cache line at a time.
+                let from = w[0].add(pf);
+                let mut p = from;
+                while p < from.add(GROUP * job.row_bytes) && p < end {
+                    _mm_prefetch::<_MM_HINT_T0>(p as *const i8);
+                    p = p.add(64);
+                }
             }
+            // Tokens inside the row group: the group's weights are read from DRAM once.
+            for t in 0..job.tokens {
+                let v = kernel::<O, GROUP>(job.dtype, w, job.act(t));
+                for (k, v) in v.into_iter().enumerate() {
+                    *out.add(t * job.rows + r + k) = v;
+                }
+            }
+            r += GROUP;
+        }
+        for r in r..r1 {
+            let w = [job.row(r).as_ptr()];
+            for t in 0..job.tokens {
+                *out.add(t * job.rows + r) = kernel::<O, 1>(job.dtype, w, job.act(t))[0];
+            }
+        }
+    }
+
+    /// Dot products of `N` rows with one token's activation blocks.
+    #[inline(always)]
+    unsafe fn kernel<O: Ops, const N: usize>(
+        dtype: GgmlType,
+        w: [*const u8; N],
+        a: &[Q8Block],
+    ) -> [f32; N] {
+        match dtype {
+            GgmlType::Q8_0 => q8_0::<O, N>(w, a),
+            GgmlType::Q4_0 => q4_0::<O, N, false>(w, a),
+            GgmlType::Q5_0 => q4_0::<O, N, true>(w, a),
+            GgmlType::IQ4_NL => table4::<O, N>(w, a, 18, &KVALUES_IQ4NL),
+            GgmlType::MXFP4 => table4::<O, N>(w, a, 17, &KVALUES_MXFP4),
+            GgmlType::Q4_K => q4_k::<O, N, false>(w, a),
+            GgmlType::Q5_K => q4_k::<O, N, true>(w, a),
+            GgmlType::Q6_K => q6_k::<O, N>(w, a),
+            _ => [f32::NAN; N],
         }
     }
 
@@ -455,6 +512,11 @@ mod x86 {
         _mm_cvtss_f32(s)
     }
 
+    #[inline(always)]
+    unsafe fn hsums<const N: usize>(acc: [__m256; N]) -> [f32; N] {
+        std::array::from_fn(|k| hsum(acc[k]))
+    }
+
     /// The f16 at `p` in all 8 lanes. Converting all lanes keeps the compiler from turning this
     /// into a scalar `vpinsrw` that merges into (and so waits on) the accumulator register.
     #[inline(always)]
@@ -464,13 +526,36 @@ mod x86 {
     }
 
     #[inline(always)]
-    unsafe fn f16_at(p: *const u8) -> f32 {
-        _mm256_cvtss_f32(f16_splat(p))
-    }
-
-    #[inline(always)]
     unsafe fn load_a(b: &Q8Block) -> __m256i {
         _mm256_loadu_si256(b.qs.as_ptr() as *const __m256i)
+    }
+
+    /// `-(z · Σ a)` over each group of 4 activations (the lanes of the integer dot products): the
+    /// start value that turns `Σ q·a` into `Σ (q − z)·a` for unsigned quants with zero point `z`.
+    #[inline(always)]
+    unsafe fn neg_zero_sums<O: Ops>(z: i8, a: __m256i) -> __m256i {
+        _mm256_sub_epi32(_mm256_setzero_si256(), O::dot_u8(_mm256_set1_epi8(z), a))
+    }
+
+    /// `f(i)` for the 8 activation blocks of a 256-value super-block, one per lane.
+    #[inline(always)]
+    unsafe fn lanes8(ab: &[Q8Block], f: impl Fn(&Q8Block) -> f32) -> __m256 {
+        _mm256_setr_ps(
+            f(&ab[0]),
+            f(&ab[1]),
+            f(&ab[2]),
+            f(&ab[3]),
+            f(&ab[4]),
+            f(&ab[5]),
+            f(&ab[6]),
+            f(&ab[7]),
+        )
+    }
+
+    /// Lane `i` of `v` in all lanes.
+    #[inline(always)]
+    unsafe fn lane(v: __m256, i: i32) -> __m256 {
+        _mm256_permutevar8x32_ps(v, _mm256_set1_epi32(i))
     }
 
     #[inline(always)]
@@ -486,164 +571,201 @@ mod x86 {
     }
 
     #[inline(always)]
-    unsafe fn q8_0<O: Ops>(w: *const u8, a: &[Q8Block]) -> f32 {
-        let mut acc = _mm256_setzero_ps();
+    unsafe fn q8_0<O: Ops, const N: usize>(w: [*const u8; N], a: &[Q8Block]) -> [f32; N] {
+        let mut acc = [_mm256_setzero_ps(); N];
         for (i, ab) in a.iter().enumerate() {
-            let b = w.add(34 * i);
-            let s = O::dot_s8(_mm256_loadu_si256(b.add(2) as *const __m256i), load_a(ab));
-            let scale = _mm256_mul_ps(f16_splat(b), _mm256_set1_ps(ab.d));
-            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), scale, acc);
+            let av = load_a(ab);
+            let da = _mm256_set1_ps(ab.d);
+            for k in 0..N {
+                let b = w[k].add(34 * i);
+                let s = O::dot_s8(_mm256_loadu_si256(b.add(2) as *const __m256i), av);
+                let scale = _mm256_mul_ps(f16_splat(b), da);
+                acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), scale, acc[k]);
+            }
         }
-        hsum(acc)
+        hsums(acc)
     }
 
+    /// Q4_0, and Q5_0 when `FIVE` (the fifth bits as a u32 before the nibbles). The zero point
+    /// (8 or 16) enters the integer sums through their start value.
     #[inline(always)]
-    unsafe fn q4_0<O: Ops>(w: *const u8, a: &[Q8Block]) -> f32 {
-        let mut acc = _mm256_setzero_ps();
-        let mut corr = 0f32;
+    unsafe fn q4_0<O: Ops, const N: usize, const FIVE: bool>(
+        w: [*const u8; N],
+        a: &[Q8Block],
+    ) -> [f32; N] {
+        let bytes = if FIVE { 22 } else { 18 };
+        let mut acc = [_mm256_setzero_ps(); N];
         for (i, ab) in a.iter().enumerate() {
-            let b = w.add(18 * i);
-            let s = O::dot_u8(nibbles16(b.add(2)), load_a(ab));
-            let scale = _mm256_mul_ps(f16_splat(b), _mm256_set1_ps(ab.d));
-            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), scale, acc);
-            corr += _mm256_cvtss_f32(scale) * (8 * ab.sum) as f32;
+            let av = load_a(ab);
+            let init = neg_zero_sums::<O>(if FIVE { 16 } else { 8 }, av);
+            let da = _mm256_set1_ps(ab.d);
+            for k in 0..N {
+                let b = w[k].add(bytes * i);
+                let q = if FIVE {
+                    let qh = (b.add(2) as *const u32).read_unaligned();
+                    let hi = _mm256_and_si256(O::bits32(qh), _mm256_set1_epi8(0x10));
+                    _mm256_or_si256(nibbles16(b.add(6)), hi)
+                } else {
+                    nibbles16(b.add(2))
+                };
+                let s = O::dot_u8_acc(init, q, av);
+                let scale = _mm256_mul_ps(f16_splat(b), da);
+                acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), scale, acc[k]);
+            }
         }
-        hsum(acc) - corr
-    }
-
-    #[inline(always)]
-    unsafe fn q5_0<O: Ops>(w: *const u8, a: &[Q8Block]) -> f32 {
-        let mut acc = _mm256_setzero_ps();
-        let mut corr = 0f32;
-        for (i, ab) in a.iter().enumerate() {
-            let b = w.add(22 * i);
-            let qh = (b.add(2) as *const u32).read_unaligned();
-            let hi = _mm256_and_si256(O::bits32(qh), _mm256_set1_epi8(0x10));
-            let q = _mm256_or_si256(nibbles16(b.add(6)), hi);
-            let s = O::dot_u8(q, load_a(ab));
-            let scale = _mm256_mul_ps(f16_splat(b), _mm256_set1_ps(ab.d));
-            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), scale, acc);
-            corr += _mm256_cvtss_f32(scale) * (16 * ab.sum) as f32;
-        }
-        hsum(acc) - corr
+        hsums(acc)
     }
 
     /// IQ4_NL and MXFP4: nibbles index a table of signed values; the scale is f16 (block of 18
     /// bytes) or E8M0 (17 bytes).
     #[inline(always)]
-    unsafe fn table4<O: Ops>(w: *const u8, a: &[Q8Block], bytes: usize, table: &[i8; 16]) -> f32 {
+    unsafe fn table4<O: Ops, const N: usize>(
+        w: [*const u8; N],
+        a: &[Q8Block],
+        bytes: usize,
+        table: &[i8; 16],
+    ) -> [f32; N] {
         let t = _mm256_broadcastsi128_si256(_mm_loadu_si128(table.as_ptr() as *const __m128i));
-        let mut acc = _mm256_setzero_ps();
+        let mut acc = [_mm256_setzero_ps(); N];
         for (i, ab) in a.iter().enumerate() {
-            let b = w.add(bytes * i);
-            let (d, qs) = if bytes == 17 {
-                (_mm256_set1_ps(super::e8m0_half(*b)), b.add(1))
-            } else {
-                (f16_splat(b), b.add(2))
-            };
-            let v = _mm256_shuffle_epi8(t, nibbles16(qs));
-            let s = O::dot_s8(v, load_a(ab));
-            acc = _mm256_fmadd_ps(
-                _mm256_cvtepi32_ps(s),
-                _mm256_mul_ps(d, _mm256_set1_ps(ab.d)),
-                acc,
-            );
+            let av = load_a(ab);
+            let da = _mm256_set1_ps(ab.d);
+            for k in 0..N {
+                let b = w[k].add(bytes * i);
+                let (d, qs) = if bytes == 17 {
+                    (_mm256_set1_ps(super::e8m0_half(*b)), b.add(1))
+                } else {
+                    (f16_splat(b), b.add(2))
+                };
+                let v = _mm256_shuffle_epi8(t, nibbles16(qs));
+                let s = O::dot_s8(v, av);
+                acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(d, da), acc[k]);
+            }
         }
-        hsum(acc)
+        hsums(acc)
     }
 
-    /// Q4_K, and Q5_K when `FIVE` (the fifth bits in `qh[32]` before the nibbles).
+    /// 8 bytes as 8 f32 lanes.
     #[inline(always)]
-    unsafe fn q4_k<O: Ops, const FIVE: bool>(w: *const u8, a: &[Q8Block]) -> f32 {
+    unsafe fn u8x8_to_ps(v: [u8; 8]) -> __m256 {
+        let x = _mm_loadl_epi64(v.as_ptr() as *const __m128i);
+        _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(x))
+    }
+
+    /// Q4_K, and Q5_K when `FIVE` (the fifth bits in `qh[32]` before the nibbles). Per
+    /// super-block the 8 sub-block scales become one vector `d·sc·da` and the mins one vector
+    /// `dmin·m·da·Σa`, subtracted from the accumulator lane-wise.
+    #[inline(always)]
+    unsafe fn q4_k<O: Ops, const N: usize, const FIVE: bool>(
+        w: [*const u8; N],
+        a: &[Q8Block],
+    ) -> [f32; N] {
         let bytes = if FIVE { 176 } else { 144 };
-        let mut acc = _mm256_setzero_ps();
-        let mut corr = 0f32;
+        let mut acc = [_mm256_setzero_ps(); N];
         let one = _mm256_set1_epi8(1);
         for (sb, ab) in a.chunks_exact(8).enumerate() {
-            let b = w.add(bytes * sb);
-            let dv = f16_splat(b);
-            let dmin = f16_at(b.add(2));
-            let (sc, mn) = scale_min_k4(std::slice::from_raw_parts(b.add(4), 12));
-            let qs = if FIVE { b.add(48) } else { b.add(16) };
-            let qh = if FIVE {
-                _mm256_loadu_si256(b.add(16) as *const __m256i)
-            } else {
-                _mm256_setzero_si256()
-            };
-            for c in 0..4 {
-                let q = _mm256_loadu_si256(qs.add(32 * c) as *const __m256i);
-                let mut lo = _mm256_and_si256(q, mask4());
-                let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), mask4());
-                if FIVE {
-                    // Bit 2c (low half) and 2c + 1 (high half) of each qh byte, moved to bit 4.
-                    let h0 = _mm256_and_si256(
-                        _mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * c as i32)),
-                        one,
-                    );
-                    let h1 = _mm256_and_si256(
-                        _mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * c as i32 + 1)),
-                        one,
-                    );
-                    lo = _mm256_or_si256(lo, _mm256_slli_epi16::<4>(h0));
-                    hi = _mm256_or_si256(hi, _mm256_slli_epi16::<4>(h1));
+            let da = lanes8(ab, |b| b.d);
+            let dsum = lanes8(ab, |b| b.d * b.sum as f32);
+            for k in 0..N {
+                let b = w[k].add(bytes * sb);
+                let (sc, mn) = scale_min_k4(std::slice::from_raw_parts(b.add(4), 12));
+                let scale = _mm256_mul_ps(_mm256_mul_ps(f16_splat(b), u8x8_to_ps(sc)), da);
+                let mins = _mm256_mul_ps(u8x8_to_ps(mn), dsum);
+                acc[k] = _mm256_fnmadd_ps(mins, f16_splat(b.add(2)), acc[k]);
+                let qs = if FIVE { b.add(48) } else { b.add(16) };
+                let qh = if FIVE {
+                    _mm256_loadu_si256(b.add(16) as *const __m256i)
+                } else {
+                    _mm256_setzero_si256()
+                };
+                for c in 0..4 {
+                    let q = _mm256_loadu_si256(qs.add(32 * c) as *const __m256i);
+                    let mut lo = _mm256_and_si256(q, mask4());
+                    let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), mask4());
+                    if FIVE {
+                        // Bit 2c (low half) and 2c + 1 (high half) of each qh byte, moved to bit 4.
+                        let h0 = _mm256_and_si256(
+                            _mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * c as i32)),
+                            one,
+                        );
+                        let h1 = _mm256_and_si256(
+                            _mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * c as i32 + 1)),
+                            one,
+                        );
+                        lo = _mm256_or_si256(lo, _mm256_slli_epi16::<4>(h0));
+                        hi = _mm256_or_si256(hi, _mm256_slli_epi16::<4>(h1));
+                    }
+                    let s0 = O::dot_u8(lo, load_a(&ab[2 * c]));
+                    let s1 = O::dot_u8(hi, load_a(&ab[2 * c + 1]));
+                    let k0 = lane(scale, 2 * c as i32);
+                    let k1 = lane(scale, 2 * c as i32 + 1);
+                    acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s0), k0, acc[k]);
+                    acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s1), k1, acc[k]);
                 }
-                let (a0, a1) = (&ab[2 * c], &ab[2 * c + 1]);
-                let s0 = O::dot_u8(lo, load_a(a0));
-                let s1 = O::dot_u8(hi, load_a(a1));
-                let k0 = _mm256_mul_ps(dv, _mm256_set1_ps(sc[2 * c] as f32 * a0.d));
-                let k1 = _mm256_mul_ps(dv, _mm256_set1_ps(sc[2 * c + 1] as f32 * a1.d));
-                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s0), k0, acc);
-                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s1), k1, acc);
-                corr += dmin
-                    * (mn[2 * c] as f32 * a0.d * a0.sum as f32
-                        + mn[2 * c + 1] as f32 * a1.d * a1.sum as f32);
             }
         }
-        hsum(acc) - corr
+        hsums(acc)
     }
 
+    /// Q6_K: 6-bit quants with zero point 32 (folded into the integer start value) and a signed
+    /// 8-bit scale per 16 values (lanes 0..4 and 4..8 of each block's integer sums).
     #[inline(always)]
-    unsafe fn q6_k<O: Ops>(w: *const u8, a: &[Q8Block]) -> f32 {
-        let mut acc = _mm256_setzero_ps();
-        let mut corr = 0f32;
+    unsafe fn q6_k<O: Ops, const N: usize>(w: [*const u8; N], a: &[Q8Block]) -> [f32; N] {
+        let mut acc = [_mm256_setzero_ps(); N];
         let three = _mm256_set1_epi8(3);
         for (sb, ab) in a.chunks_exact(8).enumerate() {
-            let b = w.add(210 * sb);
-            let dv = f16_splat(b.add(208));
-            let d = _mm256_cvtss_f32(dv);
-            let sc = b.add(192) as *const i8;
-            for n in 0..2 {
-                let ql0 = _mm256_loadu_si256(b.add(64 * n) as *const __m256i);
-                let ql1 = _mm256_loadu_si256(b.add(64 * n + 32) as *const __m256i);
-                let qh = _mm256_loadu_si256(b.add(128 + 32 * n) as *const __m256i);
-                for j in 0..4 {
-                    let src = if j % 2 == 0 { ql0 } else { ql1 };
-                    let lo = if j < 2 {
-                        src
-                    } else {
-                        _mm256_srli_epi16::<4>(src)
-                    };
-                    let lo = _mm256_and_si256(lo, mask4());
-                    let hi = _mm256_and_si256(
-                        _mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * j as i32)),
-                        three,
-                    );
-                    let q = _mm256_or_si256(lo, _mm256_slli_epi16::<4>(hi));
-                    let blk = &ab[4 * n + j];
-                    let s = O::dot_u8(q, load_a(blk));
-                    let base = d * blk.d;
-                    let s0 = *sc.add(8 * n + 2 * j) as f32;
-                    let s1 = *sc.add(8 * n + 2 * j + 1) as f32;
-                    // Lanes 0..4 hold values 0..16 (first scale), lanes 4..8 values 16..32.
-                    let k = _mm256_set_m128(_mm_set1_ps(blk.d * s1), _mm_set1_ps(blk.d * s0));
-                    let scale = _mm256_mul_ps(dv, k);
-                    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), scale, acc);
-                    corr +=
-                        base * 32.0 * (s0 * blk.half_sums[0] as f32 + s1 * blk.half_sums[1] as f32);
+            for k in 0..N {
+                let b = w[k].add(210 * sb);
+                let dv = f16_splat(b.add(208));
+                let sc = _mm_loadu_si128(b.add(192) as *const __m128i);
+                // The 16 scales times d, as two vectors of 8 (sub-blocks 0..8 and 8..16).
+                let sc_lo = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(sc)), dv);
+                let sc_hi = _mm256_mul_ps(
+                    _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128::<8>(sc))),
+                    dv,
+                );
+                for n in 0..2 {
+                    let ql0 = _mm256_loadu_si256(b.add(64 * n) as *const __m256i);
+                    let ql1 = _mm256_loadu_si256(b.add(64 * n + 32) as *const __m256i);
+                    let qh = _mm256_loadu_si256(b.add(128 + 32 * n) as *const __m256i);
+                    let scv = if n == 0 { sc_lo } else { sc_hi };
+                    for j in 0..4 {
+                        let src = if j % 2 == 0 { ql0 } else { ql1 };
+                        let lo = if j < 2 {
+                            src
+                        } else {
+                            _mm256_srli_epi16::<4>(src)
+                        };
+                        let lo = _mm256_and_si256(lo, mask4());
+                        let hi = _mm256_and_si256(
+                            _mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * j as i32)),
+                            three,
+                        );
+                        let q = _mm256_or_si256(lo, _mm256_slli_epi16::<4>(hi));
+                        let blk = &ab[4 * n + j];
+                        let av = load_a(blk);
+                        let s = O::dot_u8_acc(neg_zero_sums::<O>(32, av), q, av);
+                        // Lanes 0..4 hold values 0..16 (scale 2j), lanes 4..8 values 16..32.
+                        let idx = _mm256_setr_epi32(
+                            2 * j as i32,
+                            2 * j as i32,
+                            2 * j as i32,
+                            2 * j as i32,
+                            2 * j as i32 + 1,
+                            2 * j as i32 + 1,
+                            2 * j as i32 + 1,
+                            2 * j as i32 + 1,
+                        );
+                        let scale = _mm256_mul_ps(
+                            _mm256_permutevar8x32_ps(scv, idx),
+                            _mm256_set1_ps(blk.d),
+                        );
+                        acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), scale, acc[k]);
+                    }
                 }
             }
         }
-        hsum(acc) - corr
+        hsums(acc)
     }
 }
 

@@ -418,3 +418,84 @@ pub fn decode(
         graph_checksum: checksum(last),
     })
 }
+
+/// Dense GEMM timings (cuBLASLt) for one shape: c[m][n] = a[m][k] · b[n][k]ᵀ, bf16 output.
+pub struct GemmTiming {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    /// bf16 x bf16, f32 accumulation.
+    pub bf16_ms: f64,
+    /// E4M3 x E4M3 with per-tensor scales, f32 accumulation (FAST_ACCUM off).
+    pub fp8_ms: f64,
+    /// The same with CUBLASLT_MATMUL_DESC_FAST_ACCUM on.
+    pub fp8_fast_ms: f64,
+    /// Quantizing the bf16 activations a to E4M3 on the device (absmax + cast), the W8A8
+    /// overhead per GEMM when activations arrive in bf16.
+    pub quant_ms: f64,
+}
+
+impl GemmTiming {
+    pub fn flops(&self) -> f64 {
+        2.0 * self.m as f64 * self.n as f64 * self.k as f64
+    }
+
+    /// TFLOP/s at `ms` milliseconds per GEMM.
+    pub fn tflops(&self, ms: f64) -> f64 {
+        self.flops() / (ms * 1e-3) / 1e12
+    }
+}
+
+/// Time bf16 and FP8 (W8A8) GEMMs of one shape: median of `reps` runs with device events after
+/// 3 warm-up runs. Inputs are random, built on the device; the FP8 activations are the bf16 ones
+/// quantized by the device kernel. Leaves `lt`'s fast-accumulation setting as it found it.
+pub fn time_gemm(
+    be: &CudaBackend,
+    lt: &mut crate::cublaslt::CublasLt,
+    m: usize,
+    n: usize,
+    k: usize,
+    reps: usize,
+) -> Result<GemmTiming> {
+    let mut a = be.alloc::<u16>(m * k)?;
+    be.fill_half(&mut a, 21, -1.0, 1.0, 1)?;
+    let mut b = be.alloc::<u16>(n * k)?;
+    let r = 1.0 / (k as f32).sqrt();
+    be.fill_half(&mut b, 22, -r, r, 1)?;
+    let mut c = be.alloc::<u16>(m * n)?;
+    let bf16_ms = be.time_ms(3, reps, || lt.gemm_bf16(&a, &b, &mut c, m, n, k))?;
+
+    let mut a8 = be.alloc::<u8>(m * k)?;
+    let mut a_scale = be.alloc::<f32>(1)?;
+    let quant_ms = be.time_ms(3, reps, || {
+        lt.quantize_e4m3_bf16(&a, m * k, &mut a8, &mut a_scale)
+    })?;
+    let mut b8 = be.alloc::<u8>(n * k)?;
+    lt.fill_random_e4m3(
+        &mut b8,
+        23,
+        -crate::cublaslt::E4M3_MAX,
+        crate::cublaslt::E4M3_MAX,
+    )?;
+    let b_scale = be.upload(&[r / crate::cublaslt::E4M3_MAX])?;
+    let fast_before = lt.fp8_fast_accum();
+    let mut fp8 = [0f64; 2];
+    for (i, fast) in [false, true].into_iter().enumerate() {
+        lt.set_fp8_fast_accum(fast);
+        let t = be.time_ms(3, reps, || {
+            lt.gemm_fp8_e4m3(&a8, &a_scale, &b8, &b_scale, &mut c, m, n, k)
+        });
+        lt.set_fp8_fast_accum(fast_before);
+        fp8[i] = t?;
+    }
+    be.synchronize()?;
+    Ok(GemmTiming {
+        m,
+        n,
+        k,
+        bf16_ms,
+        fp8_ms: fp8[0],
+        fp8_fast_ms: fp8[1],
+        quant_ms,
+    })
+}

@@ -8,6 +8,7 @@
 
 pub mod backend;
 pub mod bench;
+pub mod cublaslt;
 pub mod reference;
 
 use std::collections::HashMap;
@@ -39,6 +40,10 @@ pub enum Error {
     },
     #[error("{0}")]
     Shape(String),
+    #[error("cuBLASLt not available: {0}")]
+    NoCublasLt(String),
+    #[error("cuBLASLt error in {what}: {status}")]
+    CublasLt { what: String, status: String },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -61,6 +66,7 @@ pub const KERNEL_SOURCES: &[(&str, &str)] = &[
     ("gemv", include_str!("kernels/gemv.cu")),
     ("ops", include_str!("kernels/ops.cu")),
     ("attention", include_str!("kernels/attention.cu")),
+    ("gemm", include_str!("kernels/gemm.cu")),
 ];
 
 /// Environment variable naming the NVRTC library file to use (e.g. the PyPI wheel's

@@ -84,14 +84,90 @@ pub fn kl_divergence(
     max_chunks: Option<usize>,
     mut progress: impl FnMut(usize, usize, f64),
 ) -> Result<KldResult, EvalError> {
+    let mut r = kl_divergence_many(&[model], base, tokens, bos, ctx, max_chunks, |d, n, k| {
+        progress(d, n, k[0])
+    })?;
+    Ok(r.remove(0))
+}
+
+/// Per-token statistics of one model against the base, gathered chunk by chunk.
+#[derive(Default)]
+struct Acc {
+    klds: Vec<f64>,
+    dps: Vec<f64>,
+    nll: Vec<f64>,
+    nll_base: Vec<f64>,
+    agree: usize,
+}
+
+impl Acc {
+    fn mean_kld(&self) -> f64 {
+        self.klds.iter().sum::<f64>() / self.klds.len().max(1) as f64
+    }
+
+    fn finish(self, chunks: usize, ctx: usize) -> KldResult {
+        let n = self.klds.len();
+        let (kld_mean, kld_stderr) = mean_stderr(&self.klds);
+        let (mq, sq_err) = mean_stderr(&self.nll);
+        let (mb, sb_err) = mean_stderr(&self.nll_base);
+        let dp2: Vec<f64> = self.dps.iter().map(|d| d * d).collect();
+        let (ms, ms_err) = mean_stderr(&dp2);
+        let rms_dp = ms.sqrt();
+        let mut sorted = self.klds;
+        sorted.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+        let pct = |p: f64| sorted[((p * (n - 1) as f64).round() as usize).min(n - 1)];
+        let top1 = self.agree as f64 / n as f64;
+        KldResult {
+            ppl: mq.exp(),
+            ppl_stderr: mq.exp() * sq_err,
+            ppl_base: mb.exp(),
+            ppl_base_stderr: mb.exp() * sb_err,
+            delta_ppl: mq.exp() - mb.exp(),
+            kld_mean,
+            kld_stderr,
+            kld_median: pct(0.5),
+            kld_p99: pct(0.99),
+            kld_max: sorted[n - 1],
+            top1,
+            top1_stderr: (top1 * (1.0 - top1) / n as f64).sqrt(),
+            rms_dp,
+            // Delta method: d sqrt(m) = dm / (2 sqrt(m)).
+            rms_dp_stderr: if rms_dp > 0.0 {
+                ms_err / (2.0 * rms_dp)
+            } else {
+                0.0
+            },
+            scored: n,
+            chunks,
+            ctx,
+        }
+    }
+}
+
+/// Compare several models with one base over the same chunks: the base runs once per chunk and
+/// each slice of its logits is compared with every model's (`lowbit eval compare`). Results are
+/// in the order of `models`; `progress(done, total, running mean KLD of each model)`.
+#[allow(clippy::too_many_arguments)]
+pub fn kl_divergence_many(
+    models: &[&Transformer],
+    base: &Transformer,
+    tokens: &[u32],
+    bos: Option<u32>,
+    ctx: usize,
+    max_chunks: Option<usize>,
+    mut progress: impl FnMut(usize, usize, &[f64]),
+) -> Result<Vec<KldResult>, EvalError> {
     if ctx < 4 {
         return Err(EvalError::BadCtx(ctx));
     }
-    if model.config.vocab_size != base.config.vocab_size {
-        return Err(EvalError::Model(lowbit_model::ModelError::Other(format!(
-            "the models have different vocabularies ({} vs {} tokens): KL-divergence needs the same tokenizer",
-            model.config.vocab_size, base.config.vocab_size
-        ))));
+    let vocab = base.config.vocab_size;
+    for m in models {
+        if m.config.vocab_size != vocab {
+            return Err(EvalError::Model(lowbit_model::ModelError::Other(format!(
+                "the models have different vocabularies ({} vs {} tokens): KL-divergence needs the same tokenizer",
+                m.config.vocab_size, vocab
+            ))));
+        }
     }
     let available = tokens.len() / ctx;
     if available == 0 {
@@ -102,80 +178,51 @@ pub fn kl_divergence(
     }
     let chunks = max_chunks.map_or(available, |m| m.min(available));
     let first = ctx / 2;
-    let (hq, hb) = (model.config.hidden_size, base.config.hidden_size);
-    let mut sq = model.new_state(ctx);
+    let hb = base.config.hidden_size;
     let mut sb = base.new_state(ctx);
-    let (mut klds, mut dps, mut nq, mut nb) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let mut agree = 0usize;
-    // Tokens per logits slice: bounds memory to 2 × SLICE × vocab floats.
+    let mut states: Vec<_> = models.iter().map(|m| m.new_state(ctx)).collect();
+    let mut accs: Vec<Acc> = models.iter().map(|_| Acc::default()).collect();
+    // Tokens per logits slice: bounds memory to (models + 1) × SLICE × vocab floats.
     const SLICE: usize = 16;
     for c in 0..chunks {
         let mut chunk = tokens[c * ctx..(c + 1) * ctx].to_vec();
         if let Some(b) = bos {
             chunk[0] = b;
         }
-        sq.clear();
         sb.clear();
-        let xq = model.forward_hidden(&mut sq, &chunk, first)?;
         let xb = base.forward_hidden(&mut sb, &chunk, first)?;
+        let mut xs = Vec::with_capacity(models.len());
+        for (m, st) in models.iter().zip(states.iter_mut()) {
+            st.clear();
+            xs.push(m.forward_hidden(st, &chunk, first)?);
+        }
         let scored = ctx - 1 - first;
-        let vocab = model.config.vocab_size;
         for t0 in (0..scored).step_by(SLICE) {
             let t1 = (t0 + SLICE).min(scored);
-            let lq = model.lm_head.forward(&xq[t0 * hq..t1 * hq]);
             let lb = base.lm_head.forward(&xb[t0 * hb..t1 * hb]);
-            for t in t0..t1 {
-                let target = tokens[c * ctx + first + t + 1] as usize;
-                let r = t - t0;
-                let (k, a, dp, q, b) = compare_logits(
-                    &lq[r * vocab..(r + 1) * vocab],
-                    &lb[r * vocab..(r + 1) * vocab],
-                    target,
-                );
-                klds.push(k);
-                agree += a as usize;
-                dps.push(dp);
-                nq.push(q);
-                nb.push(b);
+            for ((m, xq), acc) in models.iter().zip(&xs).zip(accs.iter_mut()) {
+                let hq = m.config.hidden_size;
+                let lq = m.lm_head.forward(&xq[t0 * hq..t1 * hq]);
+                for t in t0..t1 {
+                    let target = tokens[c * ctx + first + t + 1] as usize;
+                    let r = t - t0;
+                    let (k, a, dp, q, b) = compare_logits(
+                        &lq[r * vocab..(r + 1) * vocab],
+                        &lb[r * vocab..(r + 1) * vocab],
+                        target,
+                    );
+                    acc.klds.push(k);
+                    acc.agree += a as usize;
+                    acc.dps.push(dp);
+                    acc.nll.push(q);
+                    acc.nll_base.push(b);
+                }
             }
         }
-        progress(c + 1, chunks, klds.iter().sum::<f64>() / klds.len() as f64);
+        let means: Vec<f64> = accs.iter().map(Acc::mean_kld).collect();
+        progress(c + 1, chunks, &means);
     }
-    let n = klds.len();
-    let (kld_mean, kld_stderr) = mean_stderr(&klds);
-    let (mq, sq_err) = mean_stderr(&nq);
-    let (mb, sb_err) = mean_stderr(&nb);
-    let dp2: Vec<f64> = dps.iter().map(|d| d * d).collect();
-    let (ms, ms_err) = mean_stderr(&dp2);
-    let rms_dp = ms.sqrt();
-    let mut sorted = klds.clone();
-    sorted.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-    let pct = |p: f64| sorted[((p * (n - 1) as f64).round() as usize).min(n - 1)];
-    let top1 = agree as f64 / n as f64;
-    Ok(KldResult {
-        ppl: mq.exp(),
-        ppl_stderr: mq.exp() * sq_err,
-        ppl_base: mb.exp(),
-        ppl_base_stderr: mb.exp() * sb_err,
-        delta_ppl: mq.exp() - mb.exp(),
-        kld_mean,
-        kld_stderr,
-        kld_median: pct(0.5),
-        kld_p99: pct(0.99),
-        kld_max: sorted[n - 1],
-        top1,
-        top1_stderr: (top1 * (1.0 - top1) / n as f64).sqrt(),
-        rms_dp,
-        // Delta method: d sqrt(m) = dm / (2 sqrt(m)).
-        rms_dp_stderr: if rms_dp > 0.0 {
-            ms_err / (2.0 * rms_dp)
-        } else {
-            0.0
-        },
-        scored: n,
-        chunks,
-        ctx,
-    })
+    Ok(accs.into_iter().map(|a| a.finish(chunks, ctx)).collect())
 }
 
 #[cfg(test)]

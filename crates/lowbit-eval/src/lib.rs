@@ -1,4 +1,5 @@
-//! lowbit-eval: perplexity with llama.cpp's llama-perplexity protocol; KL-divergence comes next.
+//! lowbit-eval: perplexity with llama.cpp's llama-perplexity protocol, KL-divergence against a base
+//! model (`kld`), and several models compared at once in a table / SVG plot (`compare`).
 
 use std::time::Instant;
 
@@ -105,4 +106,5 @@ pub fn perplexity(
         chunk_ppl,
     })
 }
+pub mod compare;
 pub mod kld;

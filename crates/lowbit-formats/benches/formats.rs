@@ -17,8 +17,16 @@ use std::hint::black_box;
 use std::time::Duration;
 
 /// 256 rows of 4096: 1 Mi values, 4 MiB of f32 (the same size scripts/bench_gguf_py.py uses).
+/// `LOWBIT_BENCH_ROWS=64` (1 MiB, resident in L2) measures the kernels without the memory
+/// system (bench_gguf_py.py --rows 64 for the same size there).
 const COLS: usize = 4096;
-const ROWS: usize = 256;
+static ROWS: std::sync::LazyLock<usize> = std::sync::LazyLock::new(|| {
+    std::env::var("LOWBIT_BENCH_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&r: &usize| r > 0)
+        .unwrap_or(256)
+});
 
 /// Weight-like data: Gaussian (sd 0.02, Box-Muller on an xorshift stream) with 1 in 512 values
 /// an outlier 10x larger, as real LLM weights have.
@@ -52,7 +60,7 @@ fn levels() -> Vec<Level> {
 }
 
 fn bench_ggml(c: &mut Criterion) {
-    let x = weights(COLS * ROWS);
+    let x = weights(COLS * *ROWS);
     let bytes = (x.len() * 4) as u64;
     for ty in [
         GgmlType::Q8_0,
@@ -87,7 +95,7 @@ fn bench_ggml(c: &mut Criterion) {
 
 /// The fast (min/max scales, no search) Q4_K encoder, per SIMD level.
 fn bench_q4_k_fast(c: &mut Criterion) {
-    let x = weights(COLS * ROWS);
+    let x = weights(COLS * *ROWS);
     let mut packed = vec![0u8; GgmlType::Q4_K.byte_len(x.len()).unwrap()];
     let mut g = c.benchmark_group("quantize/q4_k_fast");
     g.throughput(Throughput::Bytes((x.len() * 4) as u64));
@@ -104,7 +112,7 @@ fn bench_q4_k_fast(c: &mut Criterion) {
 /// Fake quantization (quantize + dequantize in place, the emulation API) of QuantSpec formats.
 /// Repeating it on the same buffer costs the same each time (the values stay normal floats).
 fn bench_fake(c: &mut Criterion) {
-    let x = weights(COLS * ROWS);
+    let x = weights(COLS * *ROWS);
     let bytes = (x.len() * 4) as u64;
     for name in [
         "int4_g128_sym",
@@ -131,7 +139,7 @@ fn bench_fake(c: &mut Criterion) {
 
 /// FP8 E4M3 codes: encode of pre-scaled values (per-tensor scale 448 / absmax) and decode.
 fn bench_fp8(c: &mut Criterion) {
-    let x = weights(COLS * ROWS);
+    let x = weights(COLS * *ROWS);
     let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
     let scaled: Vec<f32> = x.iter().map(|v| v * (448.0 / amax)).collect();
     let bytes = (x.len() * 4) as u64;
@@ -158,7 +166,7 @@ fn bench_fp8(c: &mut Criterion) {
 
 /// QTensor: real encode (codes + stored scales) and decode, per SIMD level.
 fn bench_qtensor(c: &mut Criterion) {
-    let x = weights(COLS * ROWS);
+    let x = weights(COLS * *ROWS);
     let bytes = (x.len() * 4) as u64;
     for name in ["int4_g128_sym", "int8_channel", "nvfp4", "mxfp4"] {
         let spec = QuantSpec::parse(name).unwrap();
@@ -167,12 +175,12 @@ fn bench_qtensor(c: &mut Criterion) {
         for level in levels() {
             g.bench_function(BenchmarkId::from_parameter(level), |b| {
                 simd::with_level(level, || {
-                    b.iter(|| QTensor::encode(&spec, black_box(&x), ROWS, COLS).unwrap())
+                    b.iter(|| QTensor::encode(&spec, black_box(&x), *ROWS, COLS).unwrap())
                 })
             });
         }
         g.finish();
-        let q = QTensor::encode(&spec, &x, ROWS, COLS).unwrap();
+        let q = QTensor::encode(&spec, &x, *ROWS, COLS).unwrap();
         let mut y = vec![0f32; x.len()];
         let mut g = c.benchmark_group(format!("qtensor_decode/{name}"));
         g.throughput(Throughput::Bytes(bytes));

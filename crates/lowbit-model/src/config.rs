@@ -108,6 +108,56 @@ pub struct ModelConfig {
     pub moe: Option<MoeConfig>,
     pub bos_token_id: Option<u32>,
     pub eos_token_id: Option<u32>,
+    /// Dynamic per-token quantization of linear-layer inputs (W8A8 checkpoints: compressed-tensors
+    /// `input_activations`); None runs activations in f32.
+    pub act_quant: Option<crate::arch::act_quant::ActQuant>,
+    /// Rotations applied to activations at inference because the checkpoint's weights were
+    /// rotated on that side (`quantization_config.lowbit_rotation.online`, docs/FORMAT.md).
+    pub online_rotations: Vec<OnlineRotationSpec>,
+}
+
+/// `x ← x · Q` on the input of `module` in every layer, `Q` lowbit's randomized Hadamard
+/// rotation of `size` with `seed` (lowbit_cpu::hadamard). Only `down_proj` exists today (R4).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OnlineRotationSpec {
+    pub module: String,
+    pub seed: u64,
+    pub size: usize,
+}
+
+/// The online rotations a config.json asks for, checked against the model's shape.
+fn online_rotations(
+    root: &Value,
+    intermediate: usize,
+    path: &Path,
+) -> Result<Vec<OnlineRotationSpec>> {
+    let Some(list) = root
+        .pointer("/quantization_config/lowbit_rotation/online")
+        .and_then(|v| v.as_array())
+    else {
+        return Ok(Vec::new());
+    };
+    list.iter()
+        .map(|o| {
+            let module = o.get("module").and_then(|v| v.as_str()).unwrap_or("");
+            let seed = o.get("seed").and_then(|v| v.as_u64());
+            let size = o.get("size").and_then(|v| v.as_u64()).map(|v| v as usize);
+            match (module, seed, size) {
+                ("down_proj", Some(seed), Some(size)) if size == intermediate => Ok(OnlineRotationSpec {
+                    module: module.to_string(),
+                    seed,
+                    size,
+                }),
+                _ => Err(ModelError::format(
+                    path,
+                    format!(
+                        "quantization_config.lowbit_rotation.online: expected {{module: \"down_proj\", \
+                         seed, size: {intermediate}}}, got {o}"
+                    ),
+                )),
+            }
+        })
+        .collect()
 }
 
 impl ModelConfig {
@@ -216,6 +266,7 @@ fn first_id(v: Option<&Value>) -> Option<u32> {
 
 /// Build the config from an HF `config.json` value. `path` is used in error messages.
 pub fn from_hf_config(cfg: &Value, path: &Path) -> Result<ModelConfig> {
+    let root = cfg;
     // Multimodal wrappers keep the language model under text_config.
     let cfg = cfg
         .get("text_config")
@@ -406,6 +457,16 @@ pub fn from_hf_config(cfg: &Value, path: &Path) -> Result<ModelConfig> {
         moe,
         bos_token_id: first_id(cfg.get("bos_token_id")),
         eos_token_id: first_id(cfg.get("eos_token_id")),
+        act_quant: match cfg.get("quantization_config") {
+            Some(qc) => crate::arch::act_quant::ActQuant::from_quantization_config(qc)
+                .map_err(|e| ModelError::format(path, format!("quantization_config: {e}")))?,
+            None => None,
+        },
+        online_rotations: online_rotations(
+            root,
+            get_usize(cfg, "intermediate_size").unwrap_or(0),
+            path,
+        )?,
     };
     config.validate(path)?;
     Ok(config)

@@ -138,6 +138,8 @@ pub fn config_from_gguf(g: &GgufFile, w: &WeightStore) -> Result<ModelConfig> {
         moe: None,
         bos_token_id: num(g.metadata.get("tokenizer.ggml.bos_token_id")).map(|v| v as u32),
         eos_token_id: num(g.metadata.get("tokenizer.ggml.eos_token_id")).map(|v| v as u32),
+        act_quant: None,
+        online_rotations: Vec::new(),
     };
     match arch {
         Arch::Gemma3 => {

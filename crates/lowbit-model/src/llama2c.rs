@@ -154,6 +154,8 @@ pub fn open_llama2c(path: &Path) -> Result<(ModelConfig, WeightStore)> {
         moe: None,
         bos_token_id: Some(1),
         eos_token_id: Some(2),
+        act_quant: None,
+        online_rotations: Vec::new(),
     };
     config.validate(path)?;
     Ok((config, store))

@@ -329,6 +329,32 @@ pub fn open_hf_dir(path: &Path) -> Result<(serde_json::Value, WeightStore)> {
     Ok((config, store))
 }
 
+/// Stored bytes of every tensor in the safetensors files of an HF directory (`model.safetensors`,
+/// or the shards of its index), from the headers alone: what a checkpoint costs per tensor
+/// (`lowbit eval compare` counts bits per weight with it).
+pub fn tensor_bytes(dir: &Path) -> Result<BTreeMap<String, usize>> {
+    let files: Vec<PathBuf> = if dir.join(SINGLE_FILE).is_file() {
+        vec![dir.join(SINGLE_FILE)]
+    } else if dir.join(INDEX_FILE).is_file() {
+        read_index(&dir.join(INDEX_FILE))?
+            .keys()
+            .map(|f| dir.join(f))
+            .collect()
+    } else {
+        return Err(ModelError::unsupported(
+            dir,
+            format!("neither {SINGLE_FILE} nor {INDEX_FILE} in the model directory"),
+        ));
+    };
+    let mut out = BTreeMap::new();
+    for f in files {
+        let backing = Backing::map_file(&f)?;
+        let (_, tensors) = parse_raw_header(&f, backing.bytes())?;
+        out.extend(tensors.into_iter().map(|(n, t)| (n, t.end - t.start)));
+    }
+    Ok(out)
+}
+
 /// Whether `file` is one of the shards named by the index (a broken index counts as "no").
 fn shard_listed(index_path: &Path, file: &Path) -> bool {
     let name = file.file_name().map(|n| n.to_string_lossy().into_owned());
@@ -499,9 +525,87 @@ fn scale_at(
     scales.get(r * groups + c / (cols / groups)).copied()
 }
 
+/// Dequantize one `nvfp4-pack-quantized` / `mxfp4-pack-quantized` module: `weight_packed` U8
+/// [rows, cols/2] (element 2i in the low nibble), `weight_scale` [rows, groups] as F8_E4M3
+/// (NVFP4, divided by the F32 `weight_global_scale`) or E8M0 bytes in U8 (MXFP4). Values are
+/// e2m1(code) · (scale / global_scale) in f32, the order compressed-tensors computes in.
+fn dequantize_fp4(
+    file: &Path,
+    module: &str,
+    packed: &RawTensor,
+    tensors: &BTreeMap<String, RawTensor>,
+    data: &[u8],
+) -> Result<(usize, usize, Vec<f32>)> {
+    let name = format!("{module}.weight_packed");
+    let terr = |m: String| ModelError::tensor(file, &name, m);
+    if packed.shape.len() != 2 || packed.shape[1] == 0 {
+        return Err(terr(format!(
+            "expected U8 [rows, cols/2], found {:?}",
+            packed.shape
+        )));
+    }
+    let (rows, cols) = (packed.shape[0], packed.shape[1] * 2);
+    let st = tensors
+        .get(&format!("{module}.weight_scale"))
+        .ok_or_else(|| terr(format!("{module}.weight_scale is missing")))?;
+    let groups = match st.shape[..] {
+        [r, g] if r == rows && g > 0 && cols % g == 0 => g,
+        _ => {
+            return Err(terr(format!(
+                "weight_scale shape {:?} does not fit [{rows}, {cols}]",
+                st.shape
+            )))
+        }
+    };
+    let e4m3 = lowbit_formats::minifloat::Minifloat::E4M3FN;
+    let sbytes = &data[st.start..st.end];
+    let scales: Vec<f32> = match st.dtype.as_str() {
+        "F8_E4M3" => {
+            let gt = tensors
+                .get(&format!("{module}.weight_global_scale"))
+                .ok_or_else(|| terr("NVFP4 weight_global_scale is missing".into()))?;
+            let g = raw_to_f32(file, &format!("{module}.weight_global_scale"), gt, data)?;
+            let gs = match g[..] {
+                [v] if v.is_finite() && v > 0.0 => v,
+                _ => {
+                    return Err(terr(format!(
+                        "weight_global_scale must be one positive value, found {g:?}"
+                    )))
+                }
+            };
+            sbytes.iter().map(|&b| e4m3.decode(b as u32) / gs).collect()
+        }
+        "U8" => sbytes
+            .iter()
+            .map(|&b| lowbit_formats::qtensor::e8m0_value(b))
+            .collect(),
+        d => {
+            return Err(terr(format!(
+                "weight_scale must be F8_E4M3 (nvfp4) or U8 E8M0 (mxfp4), found {d}"
+            )))
+        }
+    };
+    if let Some(s) = scales.iter().find(|s| !s.is_finite()) {
+        return Err(terr(format!("weight_scale holds a non-finite value ({s})")));
+    }
+    let e2m1 = lowbit_formats::minifloat::Minifloat::E2M1;
+    let table: Vec<f32> = (0..16).map(|c| e2m1.decode(c)).collect();
+    let gsize = cols / groups;
+    let bytes = &data[packed.start..packed.end];
+    let mut vals = vec![0f32; rows * cols];
+    for (i, v) in vals.iter_mut().enumerate() {
+        let b = bytes[i / 2];
+        let code = if i % 2 == 0 { b & 0x0f } else { b >> 4 };
+        let (r, c) = (i / cols, i % cols);
+        *v = table[code as usize] * scales[r * groups + c / gsize];
+    }
+    Ok((rows, cols, vals))
+}
+
 /// Load a compressed-tensors `model.safetensors`, dequantizing every quantized weight to f32.
-/// Supports pack-quantized integers (1..8 bits, symmetric or with packed zero points) and
-/// float-quantized FP8 E4M3 with tensor or channel scales.
+/// Supports pack-quantized integers (1..8 bits, symmetric or with packed zero points),
+/// float-quantized FP8 E4M3 with tensor or channel scales, and NVFP4 / MXFP4
+/// (`nvfp4-pack-quantized`, `mxfp4-pack-quantized`).
 pub fn open_compressed_tensors(file: &Path, config: &serde_json::Value) -> Result<WeightStore> {
     let backing = Backing::map_file(file)?;
     let bytes = backing.bytes();
@@ -522,13 +626,17 @@ pub fn open_compressed_tensors(file: &Path, config: &serde_json::Value) -> Resul
         ".weight_zero_point",
         ".weight_shape",
         ".weight_g_idx",
+        ".weight_global_scale",
     ];
     for (name, t) in &tensors {
         if aux.iter().any(|s| name.ends_with(s)) {
             continue;
         }
         let terr = |m: String| ModelError::tensor(file, name, m);
-        if let Some(module) = name.strip_suffix(".weight_packed") {
+        if let (Some(module), "U8") = (name.strip_suffix(".weight_packed"), t.dtype.as_str()) {
+            let (rows, cols, vals) = dequantize_fp4(file, module, t, &tensors, data)?;
+            out.push((format!("{module}.weight"), vec![rows, cols], vals));
+        } else if let Some(module) = name.strip_suffix(".weight_packed") {
             if t.dtype != "I32" || t.shape.len() != 2 {
                 return Err(terr(format!(
                     "expected I32 [rows, words], found {} {:?}",

@@ -46,6 +46,9 @@ fn scale_bytes(fmt: ScaleFormat, v: f32) -> (&'static str, Vec<u8>) {
 fn quantized_tensors(module: &str, t: &QuantizedTensor) -> Result<Vec<StTensor>> {
     let q = &t.quantizer;
     let (rows, cols) = (t.rows, t.cols);
+    if q.kind.is_fp4() {
+        return fp4_tensors(module, t);
+    }
     let mut out = Vec::new();
     // Scales: [rows, groups] for group/channel, [1] for tensor-wide and no-scale layouts.
     let per_row = matches!(q.layout, ScaleLayout::Group(_) | ScaleLayout::Channel);
@@ -138,6 +141,7 @@ fn quantized_tensors(module: &str, t: &QuantizedTensor) -> Result<Vec<StTensor>>
                 data: t.codes.clone(),
             });
         }
+        ElemKind::Nvfp4 | ElemKind::Mxfp4 => unreachable!("handled by fp4_tensors"),
     }
     let scale_shape = if per_row { scale_shape } else { vec![1] };
     out.push(StTensor {
@@ -146,6 +150,52 @@ fn quantized_tensors(module: &str, t: &QuantizedTensor) -> Result<Vec<StTensor>>
         shape: scale_shape,
         data: scale_data,
     });
+    Ok(out)
+}
+
+/// compressed-tensors' `nvfp4-pack-quantized` / `mxfp4-pack-quantized` tensors: `weight_packed`
+/// U8 [rows, cols/2] with element 2i in the low nibble and 2i+1 in the high nibble (E2M1 bit
+/// patterns), `weight_scale` [rows, groups] as F8_E4M3 codes (NVFP4) or E8M0 bytes in U8 (MXFP4),
+/// and for NVFP4 `weight_global_scale` F32 [1].
+fn fp4_tensors(module: &str, t: &QuantizedTensor) -> Result<Vec<StTensor>> {
+    let q = &t.quantizer;
+    let (rows, cols) = (t.rows, t.cols);
+    if !cols.is_multiple_of(2) {
+        bail!("FP4 packing needs an even number of columns, the weight has {cols}");
+    }
+    let packed: Vec<u8> = t
+        .codes
+        .chunks_exact(2)
+        .map(|p| (p[0] & 0x0f) | (p[1] << 4))
+        .collect();
+    let scales: Vec<u8> = t.params.iter().map(|p| q.fp4_scale_byte(*p)).collect();
+    let mut out = vec![
+        StTensor {
+            name: format!("{module}.weight_packed"),
+            dtype: "U8",
+            shape: vec![rows, cols / 2],
+            data: packed,
+        },
+        StTensor {
+            name: format!("{module}.weight_scale"),
+            dtype: if q.kind == ElemKind::Nvfp4 {
+                "F8_E4M3"
+            } else {
+                "U8"
+            },
+            shape: vec![rows, t.groups],
+            data: scales,
+        },
+    ];
+    if q.kind == ElemKind::Nvfp4 {
+        let gs = q.global_scale.unwrap_or(1.0);
+        out.push(StTensor {
+            name: format!("{module}.weight_global_scale"),
+            dtype: "F32",
+            shape: vec![1],
+            data: gs.to_le_bytes().to_vec(),
+        });
+    }
     Ok(out)
 }
 
@@ -167,13 +217,17 @@ pub fn quantization_config_for(
     let (num_bits, ty, symmetric, format) = match q.kind {
         ElemKind::Int { bits, asym } => (bits, "int", !asym, "pack-quantized"),
         ElemKind::Fp8E4M3 => (8, "float", true, "float-quantized"),
+        ElemKind::Nvfp4 => (4, "float", true, "nvfp4-pack-quantized"),
+        ElemKind::Mxfp4 => (4, "float", true, "mxfp4-pack-quantized"),
     };
     let (strategy, group_size) = match q.layout {
+        // NVFP4's second-level (global) scale makes it compressed-tensors' "tensor_group".
+        ScaleLayout::Group(n) if q.kind == ElemKind::Nvfp4 => ("tensor_group", json!(n)),
         ScaleLayout::Group(n) => ("group", json!(n)),
         ScaleLayout::Channel => ("channel", Value::Null),
         ScaleLayout::Tensor | ScaleLayout::None => ("tensor", Value::Null),
     };
-    json!({
+    let mut v = json!({
         "quant_method": "compressed-tensors",
         "format": format,
         "quantization_status": "compressed",
@@ -198,7 +252,17 @@ pub fn quantization_config_for(
         },
         "ignore": ignored,
         "kv_cache_scheme": null,
-    })
+    });
+    // The stored scale dtype, as compressed-tensors serialises it (its default for these formats).
+    let scale_dtype = match q.kind {
+        ElemKind::Nvfp4 => Some("torch.float8_e4m3fn"),
+        ElemKind::Mxfp4 => Some("torch.uint8"),
+        _ => None,
+    };
+    if let Some(d) = scale_dtype {
+        v["config_groups"]["group_0"]["weights"]["scale_dtype"] = json!(d);
+    }
+    v
 }
 
 /// An HF config.json for sources that have none (GGUF, llama2.c). HF uses NeoX rope: interleaved
@@ -375,6 +439,22 @@ pub fn quantized_specs(
             }
         }
         ElemKind::Fp8E4M3 => out.push(spec("weight", "F8_E4M3", vec![rows, cols], 1)),
+        ElemKind::Nvfp4 | ElemKind::Mxfp4 => {
+            if !cols.is_multiple_of(2) {
+                bail!("FP4 packing needs an even number of columns, {module} has {cols}");
+            }
+            out.push(spec("weight_packed", "U8", vec![rows, cols / 2], 1));
+            let sd = if q.kind == ElemKind::Nvfp4 {
+                "F8_E4M3"
+            } else {
+                "U8"
+            };
+            out.push(spec("weight_scale", sd, vec![rows, groups], 1));
+            if q.kind == ElemKind::Nvfp4 {
+                out.push(spec("weight_global_scale", "F32", vec![1], 4));
+            }
+            return Ok(out);
+        }
     }
     let (sd, size) = scale_dtype(q.scale_format);
     let scale_shape = if per_row { vec![rows, groups] } else { vec![1] };
@@ -531,6 +611,8 @@ pub struct ModelWriter {
     tokenizer_gguf: Option<Vec<(String, GgufValue)>>,
     /// `quantization_config.lowbit_rotation` (a lowbit extension), when weights were rotated.
     rotation: Option<Value>,
+    /// compressed-tensors `input_activations` of the config group (`--act`, W8A8), when set.
+    input_activations: Option<Value>,
     finished: bool,
 }
 
@@ -584,6 +666,7 @@ impl ModelWriter {
             tokenizer_dir: src.dir.clone(),
             tokenizer_gguf: src.tokenizer_gguf.clone(),
             rotation: None,
+            input_activations: None,
             finished: false,
         };
         w.start_safetensors(specs)?;
@@ -632,8 +715,18 @@ impl ModelWriter {
     /// `quantization_config.lowbit_rotation`, and the output head is marked untied (the rotated
     /// model always stores `lm_head.weight`).
     pub fn set_rotation(&mut self, info: &crate::rotate::RotationInfo) {
-        crate::rotate::untie_config_json(&mut self.cfg);
+        // R1 unties the output head (it differs from the embedding after folding); R4 alone
+        // leaves both as they were.
+        if info.size > 0 {
+            crate::rotate::untie_config_json(&mut self.cfg);
+        }
         self.rotation = Some(info.to_json());
+    }
+
+    /// Record the activation quantization the checkpoint runs with (`--act`): written as the config
+    /// group's `input_activations` (see [`crate::smooth::input_activations`]).
+    pub fn set_input_activations(&mut self, v: Value) {
+        self.input_activations = Some(v);
     }
 
     /// Write one pipeline tensor (all its safetensors tensors) at its place in the file.
@@ -691,6 +784,9 @@ impl ModelWriter {
         let mut qc = quantization_config_for(ignored, q, info.act_order);
         if let (Some(r), Some(o)) = (&self.rotation, qc.as_object_mut()) {
             o.insert("lowbit_rotation".into(), r.clone());
+        }
+        if let Some(ia) = &self.input_activations {
+            qc["config_groups"]["group_0"]["input_activations"] = ia.clone();
         }
         obj.insert("quantization_config".into(), qc);
         obj.insert(

@@ -58,6 +58,8 @@ pub fn gptq(
     if h.iter().any(|v| !v.is_finite()) {
         bail!("Hessian holds non-finite values (calibration activations overflowed?)");
     }
+    // NVFP4's per-tensor global scale comes from the original weights.
+    let q = &q.for_tensor(w);
     let (gs, groups) = q.groups(cols)?;
     let dynamic_groups = matches!(q.layout, ScaleLayout::Group(_)) && !opts.act_order;
     // Static parameters: from the original weights (channel, tensor, or act-order groups).

@@ -18,6 +18,8 @@ pub struct Linear {
     pub cols: usize,
     /// Byte offset into the tensor's data (non-zero for an expert slice).
     pub byte_offset: usize,
+    /// W8A8: quantize each input token dynamically before the matmul (see `act_quant.rs`).
+    pub act_quant: Option<super::act_quant::ActQuant>,
 }
 
 impl Linear {
@@ -38,6 +40,7 @@ impl Linear {
             rows,
             cols,
             byte_offset: 0,
+            act_quant: None,
         })
     }
 
@@ -67,6 +70,7 @@ impl Linear {
             tensor: t,
             rows,
             cols,
+            act_quant: None,
         })
     }
 
@@ -87,6 +91,15 @@ impl Linear {
 
     /// `x` is `tokens × cols`; returns `tokens × rows`.
     pub fn forward(&self, x: &[f32]) -> Vec<f32> {
+        // W8A8 checkpoints only (act_quant.rs): one predictable branch on the hot path otherwise.
+        let xq;
+        let x = match self.act_quant {
+            Some(a) => {
+                xq = a.fake_quantize_tokens(x, self.cols);
+                &xq[..]
+            }
+            None => x,
+        };
         let tokens = x.len() / self.cols;
         let mut y = vec![0f32; tokens * self.rows];
         lowbit_cpu::matmul(x, self.matrix(), &mut y);
@@ -97,6 +110,22 @@ impl Linear {
     pub fn row(&self, r: usize, out: &mut [f32]) {
         self.matrix().dequantize_row_into(r, out);
     }
+}
+
+/// `x · Wᵀ` for several linears with the same input (one quantization of `x` and one parallel
+/// call on the decode path, see [`lowbit_cpu::matmul_many`]).
+pub fn forward_many<const N: usize>(ls: [&Linear; N], x: &[f32]) -> [Vec<f32>; N] {
+    let cols = ls[0].cols;
+    // W8A8 linears quantize their input first: Linear::forward does that.
+    if ls.iter().any(|l| l.cols != cols || l.act_quant.is_some()) {
+        return ls.map(|l| l.forward(x));
+    }
+    let tokens = x.len() / cols;
+    let mut ys = ls.map(|l| vec![0f32; tokens * l.rows]);
+    let ws = ls.map(|l| l.matrix());
+    let mut outs: Vec<&mut [f32]> = ys.iter_mut().map(|y| y.as_mut_slice()).collect();
+    lowbit_cpu::matmul_many(x, &ws, &mut outs);
+    ys
 }
 
 fn check_cols(w: &WeightStore, name: &str, dtype: GgmlType, cols: usize) -> Result<usize> {
@@ -170,9 +199,7 @@ impl Attention {
     /// `x`: `tokens × hidden` (already normed). Appends K/V to `cache` at `pos0`.
     pub fn forward(&self, x: &[f32], cache: &mut KvCache, pos0: usize) -> Vec<f32> {
         let hd = self.head_dim;
-        let mut q = self.q.forward(x);
-        let mut k = self.k.forward(x);
-        let mut v = self.v.forward(x);
+        let [mut q, mut k, mut v] = forward_many([&self.q, &self.k, &self.v], x);
         add_bias(&mut q, &self.q_bias);
         add_bias(&mut k, &self.k_bias);
         add_bias(&mut v, &self.v_bias);
@@ -207,14 +234,26 @@ pub struct Mlp {
     pub up: Linear,
     pub down: Linear,
     pub act: Activation,
+    /// R4 checkpoints: the down projection's weights were multiplied by `Q`, so its input is
+    /// rotated by `Q` here (`config.online_rotations`).
+    pub down_rotation: Option<std::sync::Arc<lowbit_cpu::hadamard::Hadamard>>,
 }
 
 impl Mlp {
     pub fn forward(&self, x: &[f32]) -> Vec<f32> {
-        let mut g = self.gate.forward(x);
-        let u = self.up.forward(x);
+        let [mut g, u] = forward_many([&self.gate, &self.up], x);
         ops::gated_activation(&mut g, &u, self.act == Activation::GeluTanh);
+        self.rotate_down_input(&mut g);
         self.down.forward(&g)
+    }
+
+    /// Apply the online rotation (if any) to the down projection's input rows.
+    pub fn rotate_down_input(&self, g: &mut [f32]) {
+        if let Some(h) = &self.down_rotation {
+            // The size was checked against the intermediate size when the model was loaded.
+            h.apply_rows_f32(g)
+                .expect("online rotation size equals the intermediate size");
+        }
     }
 }
 

@@ -152,6 +152,8 @@ impl Transformer {
         let mut g = mlp.gate.forward(&f);
         let u = mlp.up.forward(&f);
         ops::gated_activation(&mut g, &u, mlp.act == crate::config::Activation::GeluTanh);
+        // Calibration sees what the down projection multiplies: the rotated input (R4).
+        mlp.rotate_down_input(&mut g);
         capture(LinearSlot::MlpAct, &g);
         let mut f = mlp.down.forward(&g);
         if let Some(nw) = &layer.post_ffn_norm {

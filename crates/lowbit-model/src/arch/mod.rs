@@ -1,6 +1,7 @@
 //! Architectures: one file per family, each building `Layer`s from shared blocks. Registration is
 //! the match in [`layer_builder`].
 
+pub mod act_quant;
 pub mod blocks;
 pub mod calib;
 pub mod gemma3;
@@ -14,7 +15,7 @@ use lowbit_cpu::ops::{self, Rope};
 use crate::config::{Activation, Arch, ModelConfig};
 use crate::error::{ModelError, Result};
 use crate::weights::WeightStore;
-use blocks::{load_vec, load_vec_opt, Attention, Layer, Linear, Mlp};
+use blocks::{load_vec, load_vec_opt, Attention, FeedForward, Layer, Linear, Mlp};
 
 /// Builds layer `i` of a model from its weights.
 pub type LayerBuilder = fn(&ModelConfig, &WeightStore, usize) -> Result<Layer>;
@@ -69,13 +70,37 @@ impl Transformer {
             .map(|i| build(c, w, i))
             .collect::<Result<Vec<_>>>()?;
         let final_norm = load_vec(w, "model.norm.weight", c.hidden_size)?;
-        Ok(Transformer {
+        let mut layers = layers;
+        for r in &config.online_rotations {
+            // Only the down projection's input (R4) exists; the config parser checked the size.
+            let h = lowbit_cpu::hadamard::Hadamard::new(r.size, r.seed).map_err(|e| {
+                crate::error::ModelError::format(&w.path, format!("online rotation: {e}"))
+            })?;
+            let h = std::sync::Arc::new(h);
+            for layer in layers.iter_mut() {
+                match &mut layer.ffn {
+                    FeedForward::Dense(mlp) => mlp.down_rotation = Some(h.clone()),
+                    FeedForward::Moe(_) => {
+                        return Err(crate::error::ModelError::format(
+                            &w.path,
+                            "online rotations of mixture-of-experts layers are not supported",
+                        ))
+                    }
+                }
+            }
+        }
+        let act_quant = config.act_quant;
+        let mut t = Transformer {
             config,
             embed,
             layers,
             final_norm,
             lm_head,
-        })
+        };
+        if act_quant.is_some() {
+            t.set_activation_quant(act_quant)?;
+        }
+        Ok(t)
     }
 
     pub fn new_state(&self, capacity: usize) -> KvState {
@@ -96,13 +121,26 @@ impl Transformer {
         tokens: &[u32],
         logits_from: usize,
     ) -> Result<Vec<f32>> {
-        let hidden = self.forward_hidden(state, tokens, logits_from)?;
-        Ok(self.lm_head.forward(&hidden))
+        rayon::scope(|_| {
+            let hidden = self.forward_hidden_in_pool(state, tokens, logits_from)?;
+            Ok(self.lm_head.forward(&hidden))
+        })
     }
 
     /// Like `forward`, but stops before the output projection: the final-normed hidden states
     /// of tokens `logits_from..`.
     pub fn forward_hidden(
+        &self,
+        state: &mut KvState,
+        tokens: &[u32],
+        logits_from: usize,
+    ) -> Result<Vec<f32>> {
+        // Run on a pool thread: the parallel kernels inside then fork and join within the pool
+        // instead of parking and waking the calling thread for every matrix (tens of µs each).
+        rayon::scope(|_| self.forward_hidden_in_pool(state, tokens, logits_from))
+    }
+
+    fn forward_hidden_in_pool(
         &self,
         state: &mut KvState,
         tokens: &[u32],
@@ -282,5 +320,6 @@ pub fn load_mlp(
         up: Linear::load(w, &format!("{prefix}up_proj.weight"), inter, hidden)?,
         down: Linear::load(w, &format!("{prefix}down_proj.weight"), hidden, inter)?,
         act,
+        down_rotation: None,
     })
 }

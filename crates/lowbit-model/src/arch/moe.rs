@@ -93,6 +93,7 @@ fn load_expert(
             up: Linear::load(w, &format!("{per}w3.weight"), inter, h)?,
             down: Linear::load(w, &format!("{per}w2.weight"), h, inter)?,
             act,
+            down_rotation: None,
         });
     }
     if w.contains(&format!("{per}gate_proj.weight")) {
@@ -133,6 +134,7 @@ fn load_expert(
             up,
             down,
             act,
+            down_rotation: None,
         });
     }
     Ok(Mlp {
@@ -154,5 +156,6 @@ fn load_expert(
             inter,
         )?,
         act,
+        down_rotation: None,
     })
 }
