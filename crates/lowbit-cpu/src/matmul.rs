@@ -86,6 +86,9 @@ pub fn matmul(x: &[f32], w: WeightMatrix<'_>, y: &mut [f32]) {
         let isa = Isa::detect();
         if !f32_forced() && isa != Isa::Scalar && quant_dot::has_simd_kernel(w.dtype) {
             gemv_q8(x, w, y, tokens, isa);
+        } else if !f32_forced() && isa != Isa::Scalar && crate::half_gemv::is_supported(w.dtype) {
+            // BF16/F16 read in place with f32 activations (no per-row f32 copy).
+            crate::half_gemv::gemv_half(w.dtype, w.data, w.rows, w.cols, x, y, isa);
         } else {
             matmul_rows(x, w, y, tokens);
         }

@@ -363,8 +363,10 @@ fn shard_listed(index_path: &Path, file: &Path) -> bool {
 
 // ---------------------------------------------------------------------------------------------
 // compressed-tensors checkpoints (vLLM's layout, what `lowbit quantize` writes; docs/FORMAT.md).
-// Quantized weights are dequantized to f32 at load: the WeightStore then holds plain F32 tensors
-// and every architecture runs unchanged (packed low-bit kernels are future work).
+// Symmetric INT4 weights with group scales (w4g128) stay packed, repacked losslessly as GGML
+// Q4_0 so the fused kernels run them; other quantized weights are dequantized to f32 at load.
+// Full-precision tensors (embeddings, norms) keep their stored dtype (BF16/F16/F32), except
+// F32 matrices that are exactly Q8_0 blocks (GGUF-made checkpoints), stored as such.
 
 /// Whether a config.json says its weights are in compressed-tensors layout.
 pub fn is_compressed_tensors(config: &serde_json::Value) -> bool {
@@ -602,11 +604,137 @@ fn dequantize_fp4(
     Ok((rows, cols, vals))
 }
 
+/// Symmetric 4-bit pack-quantized weights as GGML Q4_0 (blocks of 32: f16 scale, then 16 bytes
+/// whose low nibbles are values 0..16 and high nibbles 16..32, value = (q − 8) · d). The
+/// compressed-tensors value is (stored nibble − 8) · scale, so a group of `g` (a multiple of 32)
+/// becomes g/32 blocks that repeat its scale, exactly, provided the scale is an f16 value (F16
+/// scales always are; BF16 ones are checked). None when the layout does not fit: the caller then
+/// dequantizes to f32.
+fn repack_int4_as_q4_0(
+    num_bits: u32,
+    rows: usize,
+    cols: usize,
+    words: &[u32],
+    scales: &[f32],
+    st: &RawTensor,
+) -> Option<Vec<u8>> {
+    if num_bits != 4 || cols % 32 != 0 || !matches!(st.dtype.as_str(), "F16" | "BF16") {
+        return None;
+    }
+    let groups = match st.shape[..] {
+        [r, g] if r == rows && g > 0 && cols % g == 0 && (cols / g) % 32 == 0 => g,
+        _ => return None,
+    };
+    if scales.len() != rows * groups || words.len() != rows * cols / 8 {
+        return None;
+    }
+    let f16s: Vec<half::f16> = scales.iter().map(|&s| half::f16::from_f32(s)).collect();
+    if f16s.iter().zip(scales).any(|(h, &s)| h.to_f32() != s) {
+        return None;
+    }
+    let gsize = cols / groups;
+    let mut out = Vec::with_capacity(rows * cols / 32 * 18);
+    for r in 0..rows {
+        // 32 codes = 4 words per block; code i of the row sits in bits 4(i % 8) of word i / 8.
+        let row = &words[r * cols / 8..(r + 1) * cols / 8];
+        for (b, w4) in row.chunks_exact(4).enumerate() {
+            let nib = |i: usize| ((w4[i / 8] >> (4 * (i % 8))) & 0xF) as u8;
+            out.extend_from_slice(&f16s[r * groups + b * 32 / gsize].to_le_bytes());
+            out.extend((0..16).map(|l| nib(l) | (nib(l + 16) << 4)));
+        }
+    }
+    Some(out)
+}
+
+/// Bytes checked by [`f32_as_q8_0_exact`] between releases of the map's pages.
+const RELEASE_CHUNK: usize = 16 << 20;
+
+/// [`f32_as_q8_0_exact`] chunk by chunk, dropping each checked chunk's pages of the file map
+/// (`bytes` starts at `abs_start` in `backing`), so that checking a 671 MB F32 embedding does not
+/// leave it resident: peak memory is the Q8_0 copy plus one chunk.
+fn f32_as_q8_0_exact_released(
+    backing: &Backing,
+    abs_start: usize,
+    bytes: &[u8],
+    cols: usize,
+) -> Option<Vec<u8>> {
+    if cols == 0 || bytes.len() % (cols * 4) != 0 {
+        return None;
+    }
+    let chunk = (RELEASE_CHUNK / (cols * 4)).max(1) * cols * 4;
+    let mut out = Vec::with_capacity(bytes.len() / 128 * 34);
+    for (i, c) in bytes.chunks(chunk).enumerate() {
+        let q = f32_as_q8_0_exact(c, cols);
+        #[cfg(unix)]
+        if let Backing::Mmap(m) = backing {
+            // SAFETY: a read-only private file map: MADV_DONTNEED only drops this process's
+            // copies of the pages, which fault back in from the unchanged file if read again,
+            // so no slice into the map observes a change. Failure just keeps them resident.
+            unsafe {
+                let _ = m.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    abs_start + i * chunk,
+                    c.len(),
+                );
+            }
+        }
+        out.extend_from_slice(&q?);
+    }
+    Some(out)
+}
+
+/// An F32 matrix whose every block of 32 values of a row is exactly `d · q` (f16 `d`, integer
+/// `|q| ≤ 127`) as GGML Q8_0, else None. Checkpoints made from a GGUF source store their kept
+/// tensors this way (Gemma's tied 262144 × 640 embedding is Q8_0 in the Q4_K_M file, written out
+/// as 671 MB of f32); as Q8_0 the output GEMV streams 1.06 instead of 4 bytes per weight, with
+/// bit-identical values. Only exact fits are taken: any other f32 data stays f32.
+fn f32_as_q8_0_exact(bytes: &[u8], cols: usize) -> Option<Vec<u8>> {
+    if cols == 0 || cols % 32 != 0 || bytes.len() % (cols * 4) != 0 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(bytes.len() / 128 * 34);
+    let mut v = [0f32; 32];
+    for blk in bytes.chunks_exact(128) {
+        for (x, b) in v.iter_mut().zip(blk.chunks_exact(4)) {
+            *x = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        }
+        let amax = v.iter().fold(0f32, |m, x| m.max(x.abs()));
+        if !amax.is_finite() {
+            return None;
+        }
+        // The Q8_0 quantizer's scale: amax / 127 rounded to f16.
+        let d = half::f16::from_f32(amax / 127.0);
+        let df = d.to_f32();
+        out.extend_from_slice(&d.to_le_bytes());
+        for &x in &v {
+            let q = if df == 0.0 { 0.0 } else { (x / df).round() };
+            if q.abs() > 127.0 || df * q != x {
+                return None;
+            }
+            out.push(q as i8 as u8);
+        }
+    }
+    Some(out)
+}
+
 /// Load a compressed-tensors `model.safetensors`, dequantizing every quantized weight to f32.
 /// Supports pack-quantized integers (1..8 bits, symmetric or with packed zero points),
 /// float-quantized FP8 E4M3 with tensor or channel scales, and NVFP4 / MXFP4
 /// (`nvfp4-pack-quantized`, `mxfp4-pack-quantized`).
 pub fn open_compressed_tensors(file: &Path, config: &serde_json::Value) -> Result<WeightStore> {
+    open_compressed_tensors_with(file, config, true)
+}
+
+/// [`open_compressed_tensors`], choosing whether symmetric INT4 weights with f16-exact group
+/// scales (what `lowbit quantize --scheme w4g128` writes) stay packed (`keep_packed`: repacked
+/// losslessly as GGML Q4_0 blocks, 0.5625 B/weight, run by the fused kernels; F32 matrices that
+/// are exactly Q8_0 blocks become Q8_0 too) or are dequantized to f32 like every other scheme.
+/// Both give the same weight values (a -0.0 may read back as +0.0).
+pub fn open_compressed_tensors_with(
+    file: &Path,
+    config: &serde_json::Value,
+    keep_packed: bool,
+) -> Result<WeightStore> {
     let backing = Backing::map_file(file)?;
     let bytes = backing.bytes();
     let (data_offset, tensors) = parse_raw_header(file, bytes)?;
@@ -620,7 +748,9 @@ pub fn open_compressed_tensors(file: &Path, config: &serde_json::Value) -> Resul
     let wargs = &group["weights"];
     let num_bits = wargs.get("num_bits").and_then(|v| v.as_u64()).unwrap_or(8) as u32;
     let mut out: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
-    let mut plain: Vec<(String, GgmlType, Vec<usize>, Vec<u8>)> = Vec::new();
+    // Repacked quantized weights (owned), and full-precision tensors left in the file's map.
+    let mut packed: Vec<(String, GgmlType, Vec<usize>, Vec<u8>)> = Vec::new();
+    let mut plain: Vec<(String, GgmlType, Vec<usize>, usize, usize)> = Vec::new();
     let aux = [
         ".weight_scale",
         ".weight_zero_point",
@@ -703,6 +833,18 @@ pub fn open_compressed_tensors(file: &Path, config: &serde_json::Value) -> Resul
                 .chunks_exact(4)
                 .map(|c| u32::from_le_bytes(c.try_into().expect("4")))
                 .collect();
+            if keep_packed && zeros.is_none() {
+                if let Some(q) = repack_int4_as_q4_0(num_bits, rows, cols, &words_all, &scales, st)
+                {
+                    packed.push((
+                        format!("{module}.weight"),
+                        GgmlType::Q4_0,
+                        vec![rows, cols],
+                        q,
+                    ));
+                    continue;
+                }
+            }
             let mut vals = vec![0f32; rows * cols];
             let mut codes = vec![0u8; cols];
             for r in 0..rows {
@@ -764,11 +906,21 @@ pub fn open_compressed_tensors(file: &Path, config: &serde_json::Value) -> Resul
         } else {
             let dtype = dtype_of(&t.dtype)
                 .ok_or_else(|| terr(format!("dtype {} is not supported here", t.dtype)))?;
+            if keep_packed && dtype == GgmlType::F32 && t.shape.len() == 2 {
+                let bytes = &data[t.start..t.end];
+                if let Some(q) =
+                    f32_as_q8_0_exact_released(&backing, data_offset + t.start, bytes, t.shape[1])
+                {
+                    packed.push((name.clone(), GgmlType::Q8_0, t.shape.clone(), q));
+                    continue;
+                }
+            }
             plain.push((
                 name.clone(),
                 dtype,
                 t.shape.clone(),
-                data[t.start..t.end].to_vec(),
+                data_offset + t.start,
+                t.end - t.start,
             ));
         }
     }
@@ -779,24 +931,63 @@ pub fn open_compressed_tensors(file: &Path, config: &serde_json::Value) -> Resul
         buf.extend(vals.iter().flat_map(|v| v.to_le_bytes()));
         entries.push((name, GgmlType::F32, shape, off, buf.len() - off));
     }
-    for (name, dtype, shape, bytes) in plain {
+    for (name, dtype, shape, bytes) in packed {
         let off = buf.len();
         buf.extend_from_slice(&bytes);
         entries.push((name, dtype, shape, off, bytes.len()));
     }
     let mut store = WeightStore::new(file);
     let b = store.add_backing(Backing::Owned(buf));
-    for (name, dtype, shape, offset, len) in entries {
+    // Full-precision tensors (the BF16 embedding above all) are read in place: no copy.
+    let m = store.add_backing(backing);
+    let in_map = plain
+        .into_iter()
+        .map(|(name, dtype, shape, off, len)| (name, dtype, shape, off, len, m));
+    let owned = entries
+        .into_iter()
+        .map(|(name, dtype, shape, off, len)| (name, dtype, shape, off, len, b));
+    for (name, dtype, shape, offset, len, backing) in owned.chain(in_map) {
         store.insert(
             name,
             TensorEntry {
                 dtype,
                 shape,
-                backing: b,
+                backing,
                 offset,
                 len,
             },
         )?;
     }
     Ok(store)
+}
+
+#[cfg(test)]
+mod q8_0_exact_tests {
+    use super::*;
+
+    /// Q8_0-exact f32 data becomes Q8_0 with the same values; any other f32 stays f32.
+    #[test]
+    fn detects_only_exact_q8_0() {
+        let cols = 64;
+        let mut vals = Vec::new();
+        for b in 0..6 {
+            let d = half::f16::from_f32(0.013 * (b + 1) as f32).to_f32();
+            // Codes in -127..=127, with a ±127 per block as the Q8_0 quantizer writes.
+            let q = |i: usize| if i == 0 { 254 } else { (i * 37 + b * 11) % 255 } as f32 - 127.0;
+            vals.extend((0..32).map(|i| d * q(i)));
+        }
+        let bytes: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let q = f32_as_q8_0_exact(&bytes, cols).expect("exact Q8_0 data");
+        let mut back = vec![0f32; vals.len()];
+        lowbit_formats::dequantize(GgmlType::Q8_0, &q, &mut back).unwrap();
+        assert_eq!(back, vals);
+        let mut off = vals.clone();
+        off[5] += 1e-4;
+        let bytes: Vec<u8> = off.iter().flat_map(|v| v.to_le_bytes()).collect();
+        assert!(f32_as_q8_0_exact(&bytes, cols).is_none());
+        assert!(
+            f32_as_q8_0_exact(&bytes, 48).is_none(),
+            "48 columns are not whole blocks"
+        );
+    }
 }
