@@ -34,10 +34,7 @@ fn logits(dir: &Path, keep_packed: bool) -> (Vec<f32>, Vec<f32>, Vec<GgmlType>) 
         serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
     let store =
         open_compressed_tensors_with(&dir.join("model.safetensors"), &cfg, keep_packed).unwrap();
-    let types = store
-        .names()
-        .map(|n| store.get(n).unwrap().dtype)
-        .collect();
+    let types = store.names().map(|n| store.get(n).unwrap().dtype).collect();
     let config = lowbit_model::config::from_hf_config(&cfg, &dir.join("config.json")).unwrap();
     let t = lowbit_model::Transformer::load(config, &store).unwrap();
     let tokens: Vec<u32> = (0..24).map(|i| (i * 37 + 5) % 500).collect();

@@ -63,7 +63,8 @@ fn unsupported_architecture_is_a_clear_error() {
     )
     .unwrap();
     // A valid one-tensor safetensors file, so the architecture is what fails.
-    let header = br#"{"model.embed_tokens.weight":{"dtype":"F32","shape":[1,1],"data_offsets":[0,4]}}"#;
+    let header =
+        br#"{"model.embed_tokens.weight":{"dtype":"F32","shape":[1,1],"data_offsets":[0,4]}}"#;
     let mut st = (header.len() as u64).to_le_bytes().to_vec();
     st.extend_from_slice(header);
     st.extend_from_slice(&[0u8; 4]);
