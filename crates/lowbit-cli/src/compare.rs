@@ -99,23 +99,7 @@ pub fn eval_compare(a: CompareArgs) -> Result<()> {
             .with_context(|| format!("model '{m}'"))?;
         inputs.push((m.clone(), bpw, disk_size(Path::new(m)), t, input));
     }
-    let text = std::fs::read_to_string(&a.text)
-        .with_context(|| format!("cannot read text file {}", a.text.display()))?;
-    let tok = &base.tokenizer;
-    let add_bos = tok.add_bos_by_default();
-    let tokens = tok.encode(&text, add_bos);
-    let bos = if add_bos { tok.bos() } else { None };
-    let total = (tokens.len() / a.ctx.max(1)).min(a.chunks.unwrap_or(usize::MAX));
-    let bar = indicatif::ProgressBar::new(total as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} chunks  {msg}  [{elapsed_precise}, eta {eta}]",
-        )
-        .unwrap(),
-    );
-    if a.json {
-        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
+    let (tokens, bos, bar) = crate::eval_kld::scored_text(&base, &a.text, a.ctx, a.chunks, a.json)?;
     let models: Vec<&lowbit_model::Transformer> = inputs.iter().map(|i| &i.3).collect();
     let results = lowbit_eval::kld::kl_divergence_many(
         &models,

@@ -24,19 +24,22 @@ pub struct KldArgs {
     json: bool,
 }
 
-pub fn eval_kld(a: KldArgs) -> Result<()> {
-    let base = lowbit_model::source::load_model(&a.base)
-        .with_context(|| format!("cannot load base model '{}'", a.base))?;
-    let input = crate::quantize::open_input(&a.model)?;
-    let model = lowbit_model::Transformer::load(input.config.clone(), &input.weights)?;
-    let base_t = base.transformer()?;
-    let text = std::fs::read_to_string(&a.text)
-        .with_context(|| format!("cannot read text file {}", a.text.display()))?;
+/// The text both `eval kld` and `eval compare` score, tokenized by the base model's tokenizer
+/// (with its BOS convention), and a chunk progress bar (hidden with `--json`).
+pub fn scored_text(
+    base: &lowbit_model::source::LoadedModel,
+    text: &std::path::Path,
+    ctx: usize,
+    chunks: Option<usize>,
+    json: bool,
+) -> Result<(Vec<u32>, Option<u32>, indicatif::ProgressBar)> {
+    let text_s = std::fs::read_to_string(text)
+        .with_context(|| format!("cannot read text file {}", text.display()))?;
     let tok = &base.tokenizer;
     let add_bos = tok.add_bos_by_default();
-    let tokens = tok.encode(&text, add_bos);
+    let tokens = tok.encode(&text_s, add_bos);
     let bos = if add_bos { tok.bos() } else { None };
-    let total = (tokens.len() / a.ctx.max(1)).min(a.chunks.unwrap_or(usize::MAX));
+    let total = (tokens.len() / ctx.max(1)).min(chunks.unwrap_or(usize::MAX));
     let bar = indicatif::ProgressBar::new(total as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
@@ -44,9 +47,19 @@ pub fn eval_kld(a: KldArgs) -> Result<()> {
         )
         .unwrap(),
     );
-    if a.json {
+    if json {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
+    Ok((tokens, bos, bar))
+}
+
+pub fn eval_kld(a: KldArgs) -> Result<()> {
+    let base = lowbit_model::source::load_model(&a.base)
+        .with_context(|| format!("cannot load base model '{}'", a.base))?;
+    let input = crate::quantize::open_input(&a.model)?;
+    let model = lowbit_model::Transformer::load(input.config.clone(), &input.weights)?;
+    let base_t = base.transformer()?;
+    let (tokens, bos, bar) = scored_text(&base, &a.text, a.ctx, a.chunks, a.json)?;
     let r = lowbit_eval::kld::kl_divergence(
         &model,
         &base_t,

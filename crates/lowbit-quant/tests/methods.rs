@@ -3,59 +3,15 @@
 //! survives write → load (AWQ's scales folded into the RMSNorm weights, Gemma's +1 offset included,
 //! and into v_proj/up_proj rows); bad combinations are refused.
 
-use std::path::{Path, PathBuf};
+mod common;
 
-use lowbit_model::{ModelConfig, Transformer, WeightStore};
-use lowbit_quant::pipeline::{
-    default_ignore, plan, quantize_streaming_ext, ExtraOptions, Method, Options, OutTensor,
-};
-use lowbit_quant::{GptqOptions, Quantizer, Source, WriteInfo};
+use std::path::Path;
 
-fn golden(arch: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../../tests/fixtures/golden/{arch}"))
-}
+use common::{calib, golden, logits, open, opts, rel};
 
-fn open(dir: &Path) -> (serde_json::Value, ModelConfig, WeightStore) {
-    let (cfg, w) = lowbit_model::safetensors_dir::open_hf_dir(dir).unwrap();
-    let c = lowbit_model::config::from_hf_config(&cfg, &dir.join("config.json")).unwrap();
-    (cfg, c, w)
-}
-
-fn calib(vocab: usize) -> Vec<Vec<u32>> {
-    (0..8)
-        .map(|s| {
-            (0..64)
-                .map(|t| ((s * 131 + t * 17 + t * t) % vocab) as u32)
-                .collect()
-        })
-        .collect()
-}
-
-fn logits(m: &Transformer, seqs: &[Vec<u32>]) -> Vec<f32> {
-    let mut out = Vec::new();
-    for s in seqs {
-        let mut st = m.new_state(s.len());
-        out.extend(m.forward(&mut st, s, 0).unwrap());
-    }
-    out
-}
-
-fn rel(a: &[f32], b: &[f32]) -> f64 {
-    let n: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
-    let d: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
-    n / d
-}
-
-fn opts(spec: &str, method: Method) -> Options {
-    let q = Quantizer::from_spec(&lowbit_formats::QuantSpec::parse(spec).unwrap()).unwrap();
-    Options {
-        quantizer: q,
-        method,
-        ignore: default_ignore(),
-        gptq: GptqOptions::default(),
-        max_rss_bytes: None,
-    }
-}
+use lowbit_model::Transformer;
+use lowbit_quant::pipeline::{plan, quantize_streaming_ext, ExtraOptions, Method, OutTensor};
+use lowbit_quant::{Source, WriteInfo};
 
 /// Quantize the golden model `arch`, write it to `out`, and return the loaded result's logits
 /// on the calibration tokens plus the codes of every quantized tensor (for determinism).
