@@ -372,15 +372,9 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lowbit_formats::quantize;
     use proptest::prelude::*;
 
-    fn lcg(seed: &mut u64) -> f32 {
-        *seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
+    use crate::test_util::lcg;
 
     const TYPES: [GgmlType; 6] = [
         GgmlType::Q8_0,
@@ -395,13 +389,7 @@ mod tests {
         let mut s = seed;
         let cols = blocks * t.block_size();
         let rb = t.byte_len(cols).unwrap();
-        let mut data = vec![0u8; rows * rb];
-        for r in 0..rows {
-            let v: Vec<f32> = (0..cols)
-                .map(|_| lcg(&mut s) * (0.1 + r as f32 * 0.05))
-                .collect();
-            quantize(t, &v, &mut data[r * rb..(r + 1) * rb]).unwrap();
-        }
+        let data = crate::test_util::quantized_rows(t, rows, cols, &mut s);
         let w = WeightMatrix {
             dtype: t,
             rows,

@@ -171,12 +171,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn lcg(seed: &mut u64) -> f32 {
-        *seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
+    use crate::test_util::lcg;
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(32))]
