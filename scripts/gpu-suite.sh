@@ -21,7 +21,17 @@ if [[ "$mode" != "--prebuilt" ]]; then
         sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | while read -r exe; do
             strip -o "$DIST/lowbit-cuda-tests-$(basename "$exe")" "$exe"
         done
+    # The small real checkpoint and text the real-model checks use (the GPU machine has no
+    # shared data folder).
+    mkdir -p "$DIST/data/models" "$DIST/data/text"
+    cp ../shared/data/models/stories260K.bin ../shared/data/models/tok512.bin "$DIST/data/models/"
+    cp ../shared/data/text/wikitext-2-raw-test.txt "$DIST/data/text/"
     [[ "$mode" == "--build-only" ]] && { ls -la "$DIST"; exit 0; }
+fi
+# Test binaries find fixtures and data through these (they were built elsewhere).
+export LOWBIT_REPO=$PWD
+if [[ -z "${LOWBIT_DATA:-}" ]]; then
+    if [[ -d "$DIST/data" ]]; then export LOWBIT_DATA=$PWD/$DIST/data; else export LOWBIT_DATA=$PWD/../shared/data; fi
 fi
 
 log=${OUT:-/tmp}/gpu-suite.log
@@ -37,6 +47,14 @@ log=${OUT:-/tmp}/gpu-suite.log
     echo "== tests"
     [[ -n "${SKIP_TESTS:-}" ]] ||
     for t in "$DIST"/lowbit-cuda-tests-*; do "$t" --test-threads=1; done
+    echo "== real checkpoint on the GPU vs the CPU (stories260K)"
+    stories=$LOWBIT_DATA/models/stories260K.bin
+    wiki=$LOWBIT_DATA/text/wikitext-2-raw-test.txt
+    "$DIST/lowbit" run --model "$stories" -n 48 --device cuda
+    for dev in cpu cuda; do
+        "$DIST/lowbit" eval ppl --model "$stories" --text "$wiki" --ctx 256 --chunks 16 --device $dev | tail -1
+    done
+    "$DIST/lowbit" bench --model "$stories" -p 256 -n 128 -r 3 --device cuda
     echo "== GEMV bandwidth and synthetic decode"
     # FORMATS / INT4_KERNELS narrow the run (INT4_KERNELS=all compares every INT4 GEMV kernel).
     "$DIST/lowbit" gpu-bench --synthetic llama-3-8b --format "${FORMATS:-int4g128,q4_k,q8_0,bf16}" \

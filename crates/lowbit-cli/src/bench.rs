@@ -34,6 +34,11 @@ pub struct BenchArgs {
     /// `lowbit_cpu::set_prefill_int8`). Also `LOWBIT_PREFILL=int8`.
     #[arg(long)]
     prefill_int8: bool,
+    /// cpu, or cuda[:N] for an NVIDIA GPU.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    #[command(flatten)]
+    kv: crate::kv::KvArgs,
 }
 
 /// Median, min, max and standard deviation of tokens/s over the repetitions.
@@ -86,7 +91,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
         lowbit_cpu::set_prefill_int8(true);
     }
     let m = load_model(&a.model).with_context(|| format!("cannot load model '{}'", a.model))?;
-    let model = m.transformer()?;
+    let mut model = m.transformer()?;
+    a.kv.apply(&mut model)?;
     let vocab = m.config.vocab_size as u64;
     let mut seed = 0x9E37_79B9_7F4A_7C15u64;
     let mut next_token = move || {
@@ -97,14 +103,16 @@ pub fn run(a: BenchArgs) -> Result<()> {
     };
     let prompt: Vec<u32> = (0..a.prompt).map(|_| next_token()).collect();
     let gen: Vec<u32> = (0..a.gen).map(|_| next_token()).collect();
-    let mut state = model.new_state(a.prompt.max(a.gen).max(1));
+    let device = crate::gpu::Device::parse(&a.device)?;
+    let be = device.backend()?;
+    let mut dec = crate::gpu::decoder(&model, be.as_ref(), a.prompt.max(a.gen).max(1))?;
 
     let mut pp = Vec::new();
     if a.prompt > 0 {
         for rep in 0..=a.reps {
-            state.clear();
+            dec.reset();
             let t = Instant::now();
-            let logits = model.forward(&mut state, &prompt, a.prompt - 1)?;
+            let logits = dec.forward(&prompt, a.prompt - 1)?;
             let s = t.elapsed().as_secs_f64();
             std::hint::black_box(logits);
             if rep > 0 {
@@ -115,12 +123,12 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let mut tg = Vec::new();
     if a.gen > 0 {
         for rep in 0..=a.reps {
-            state.clear();
+            dec.reset();
             // The warm-up pass decodes a few tokens only.
             let steps = if rep == 0 { a.gen.min(8) } else { a.gen };
             let t = Instant::now();
             for &tok in &gen[..steps] {
-                let logits = model.forward(&mut state, &[tok], 0)?;
+                let logits = dec.forward(&[tok], 0)?;
                 std::hint::black_box(logits);
             }
             let s = t.elapsed().as_secs_f64();
@@ -132,7 +140,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let (pp, tg) = (stats(pp), stats(tg));
     let rss = peak_rss_mib();
     let threads = rayon::current_num_threads();
-    let isa = format!("{:?}", lowbit_cpu::Isa::detect());
+    let isa = match &be {
+        Some(be) => format!("{} ({})", be.device_name(), be.arch()),
+        None => format!("{:?}", lowbit_cpu::Isa::detect()),
+    };
     if a.json {
         let test = |s: &Stats, n: usize| {
             serde_json::json!({"tokens": n, "tps_median": s.median, "tps_min": s.min, "tps_max": s.max,
@@ -142,6 +153,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             "model": a.model,
             "threads": threads,
             "isa": isa,
+            "device": a.device,
             "reps": a.reps,
             "prefill_int8": a.prefill_int8 || std::env::var("LOWBIT_PREFILL").is_ok_and(|v| v.eq_ignore_ascii_case("int8")),
             "pp": if a.prompt > 0 { test(&pp, a.prompt) } else { serde_json::Value::Null },
@@ -149,12 +161,15 @@ pub fn run(a: BenchArgs) -> Result<()> {
             "pp_tps": if a.prompt > 0 { serde_json::json!(pp.median) } else { serde_json::Value::Null },
             "tg_tps": if a.gen > 0 { serde_json::json!(tg.median) } else { serde_json::Value::Null },
             "peak_rss_mib": rss,
+            "kv_cache": model.config.kv_cache.unwrap_or_default().name(),
         });
         println!("{j}");
     } else {
         println!(
-            "model: {}  threads: {threads}  kernels: {isa}  reps: {}",
-            a.model, a.reps
+            "model: {}  threads: {threads}  kernels: {isa}  reps: {}  {}",
+            a.model,
+            a.reps,
+            crate::kv::KvArgs::describe(&model)
         );
         println!(
             "{:>8} {:>12} {:>10} {:>10} {:>10}",

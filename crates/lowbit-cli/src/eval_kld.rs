@@ -22,6 +22,12 @@ pub struct KldArgs {
     chunks: Option<usize>,
     #[arg(long)]
     json: bool,
+    /// cpu, or cuda[:N]: both models run there.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// `--kv` / `--kv-rotate` apply to the model under test only; the base keeps its own cache.
+    #[command(flatten)]
+    kv: crate::kv::KvArgs,
 }
 
 /// The text both `eval kld` and `eval compare` score, tokenized by the base model's tokenizer
@@ -57,26 +63,32 @@ pub fn eval_kld(a: KldArgs) -> Result<()> {
     let base = lowbit_model::source::load_model(&a.base)
         .with_context(|| format!("cannot load base model '{}'", a.base))?;
     let input = crate::quantize::open_input(&a.model)?;
-    let model = lowbit_model::Transformer::load(input.config.clone(), &input.weights)?;
+    let mut model = lowbit_model::Transformer::load(input.config.clone(), &input.weights)?;
+    a.kv.apply(&mut model)?;
     let base_t = base.transformer()?;
     let (tokens, bos, bar) = scored_text(&base, &a.text, a.ctx, a.chunks, a.json)?;
-    let r = lowbit_eval::kld::kl_divergence(
-        &model,
-        &base_t,
+    let be = crate::gpu::Device::parse(&a.device)?.backend()?;
+    let mut dec = crate::gpu::decoder(&model, be.as_ref(), a.ctx)?;
+    let mut base_dec = crate::gpu::decoder(&base_t, be.as_ref(), a.ctx)?;
+    let r = lowbit_eval::kld::kl_divergence_many_with(
+        &mut [&mut *dec],
+        &mut *base_dec,
         &tokens,
         bos,
         a.ctx,
         a.chunks,
         |_, _, k| {
             bar.inc(1);
-            bar.set_message(format!("kld {k:.5}"));
+            bar.set_message(format!("kld {:.5}", k[0]));
         },
-    )?;
+    )?
+    .remove(0);
     bar.finish_and_clear();
     if a.json {
         let mut j = serde_json::to_value(&r)?;
         j["model"] = serde_json::json!(a.model);
         j["base"] = serde_json::json!(a.base);
+        j["kv_cache"] = serde_json::json!(model.config.kv_cache.unwrap_or_default().name());
         println!("{j}");
     } else {
         println!("PPL(model)  = {:.4} +/- {:.4}", r.ppl, r.ppl_stderr);
@@ -100,8 +112,11 @@ pub fn eval_kld(a: KldArgs) -> Result<()> {
             100.0 * r.rms_dp_stderr
         );
         println!(
-            "({} chunks of {}, {} scored tokens)",
-            r.chunks, r.ctx, r.scored
+            "({} chunks of {}, {} scored tokens; model {})",
+            r.chunks,
+            r.ctx,
+            r.scored,
+            crate::kv::KvArgs::describe(&model)
         );
     }
     Ok(())

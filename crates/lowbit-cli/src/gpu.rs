@@ -48,6 +48,62 @@ pub fn parse_device(s: &str) -> Result<usize> {
     }
 }
 
+/// Where `run`, `eval` and `bench` run the model (`--device cpu|cuda[:N]`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Device {
+    Cpu,
+    Cuda(usize),
+}
+
+impl Device {
+    pub fn parse(s: &str) -> Result<Device> {
+        if s.eq_ignore_ascii_case("cpu") {
+            return Ok(Device::Cpu);
+        }
+        if !s.starts_with("cuda") {
+            bail!("bad --device '{s}': expected cpu, cuda or cuda:N");
+        }
+        parse_device(s).map(Device::Cuda)
+    }
+
+    /// The opened GPU (None on the CPU): an error, not a fallback, when none can be opened.
+    pub fn backend(self) -> Result<Option<CudaBackend>> {
+        match self {
+            Device::Cpu => Ok(None),
+            Device::Cuda(n) => CudaBackend::new(n)
+                .map(Some)
+                .with_context(|| format!("cannot open --device cuda:{n}")),
+        }
+    }
+}
+
+/// `model` ready to run with a KV cache of `capacity` tokens: on the CPU, or uploaded to `be`
+/// (a line on stderr says how its weights were laid out there).
+pub fn decoder<'a>(
+    model: &'a lowbit_model::Transformer,
+    be: Option<&'a CudaBackend>,
+    capacity: usize,
+) -> Result<Box<dyn lowbit_model::Decoder + 'a>> {
+    let Some(be) = be else {
+        return Ok(Box::new(lowbit_model::CpuDecoder::new(model, capacity)));
+    };
+    let g = lowbit_cuda::GpuModel::upload(be, model, capacity)
+        .with_context(|| format!("cannot load the model onto {}", be.device_name()))?;
+    let layouts: Vec<String> = g
+        .formats()
+        .iter()
+        .map(|(f, n)| format!("{n} {f}"))
+        .collect();
+    eprintln!(
+        "lowbit: {} ({}): {:.1} MiB of weights as {}",
+        be.device_name(),
+        be.arch(),
+        g.weight_bytes() as f64 / (1 << 20) as f64,
+        layouts.join(", ")
+    );
+    Ok(Box::new(g))
+}
+
 pub fn gpu_bench(a: GpuBenchArgs) -> Result<()> {
     let ordinal = parse_device(&a.device)?;
     if let Some(size) = a.gemm {

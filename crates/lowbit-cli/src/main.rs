@@ -16,6 +16,7 @@ use lowbit_model::source::{load_model, LoadedModel};
 
 mod bench;
 mod gpu;
+mod kv;
 
 #[derive(Parser)]
 #[command(
@@ -106,6 +107,11 @@ struct RunArgs {
     /// Print one JSON object (text, token ids, timings) instead of streaming.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    kv: kv::KvArgs,
+    /// cpu, or cuda[:N] for an NVIDIA GPU.
+    #[arg(long, default_value = "cpu")]
+    device: String,
 }
 
 #[derive(Subcommand)]
@@ -135,6 +141,11 @@ struct PplArgs {
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
+    /// cpu, or cuda[:N] for an NVIDIA GPU.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    #[command(flatten)]
+    kv: kv::KvArgs,
 }
 
 #[derive(Args)]
@@ -226,7 +237,8 @@ impl Utf8Stream {
 
 fn run(a: RunArgs) -> Result<()> {
     let m = open(&a.model)?;
-    let model = m.transformer()?;
+    let mut model = m.transformer()?;
+    a.kv.apply(&mut model)?;
     let tok = &m.tokenizer;
     let prompt_ids = tok.encode(&a.prompt, tok.add_bos_by_default());
     if prompt_ids.is_empty() {
@@ -239,7 +251,8 @@ fn run(a: RunArgs) -> Result<()> {
             capacity, m.config.max_position
         );
     }
-    let mut state = model.new_state(capacity);
+    let be = gpu::Device::parse(&a.device)?.backend()?;
+    let mut dec = gpu::decoder(&model, be.as_ref(), capacity)?;
     let mut sampler = Sampler::new(a.temperature, a.top_p, a.seed);
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
@@ -252,7 +265,7 @@ fn run(a: RunArgs) -> Result<()> {
         out.flush()?;
     }
     let t0 = Instant::now();
-    let logits = model.forward(&mut state, &prompt_ids, prompt_ids.len() - 1)?;
+    let logits = dec.forward(&prompt_ids, prompt_ids.len() - 1)?;
     let prefill_s = t0.elapsed().as_secs_f64();
     let mut next = sampler.sample(&logits);
     let mut generated = Vec::new();
@@ -271,7 +284,7 @@ fn run(a: RunArgs) -> Result<()> {
         if i + 1 == a.n {
             break;
         }
-        let logits = model.forward(&mut state, &[next], 0)?;
+        let logits = dec.forward(&[next], 0)?;
         next = sampler.sample(&logits);
     }
     let decode_s = t1.elapsed().as_secs_f64();
@@ -301,7 +314,8 @@ fn run(a: RunArgs) -> Result<()> {
 
 fn eval_ppl(a: PplArgs) -> Result<()> {
     let m = open(&a.model)?;
-    let model = m.transformer()?;
+    let mut model = m.transformer()?;
+    a.kv.apply(&mut model)?;
     let text = std::fs::read_to_string(&a.text)
         .with_context(|| format!("cannot read text file {}", a.text.display()))?;
     if a.ctx > m.config.max_position {
@@ -335,7 +349,9 @@ fn eval_ppl(a: PplArgs) -> Result<()> {
     if a.json {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
-    let r = lowbit_eval::perplexity(&model, &tokens, bos, a.ctx, a.chunks, |_, _, ppl| {
+    let be = gpu::Device::parse(&a.device)?.backend()?;
+    let mut dec = gpu::decoder(&model, be.as_ref(), a.ctx)?;
+    let r = lowbit_eval::perplexity_with(&mut *dec, &tokens, bos, a.ctx, a.chunks, |_, _, ppl| {
         bar.inc(1);
         bar.set_message(format!("ppl {ppl:.4}"));
     })?;

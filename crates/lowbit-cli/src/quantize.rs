@@ -88,6 +88,15 @@ pub struct QuantizeArgs {
     /// Seed of the rotation's random ±1 signs.
     #[arg(long, default_value_t = 0)]
     rotate_seed: u64,
+    /// Record a quantized KV cache in config.json (`quantization_config.kv_cache_scheme`): int8,
+    /// int4 (groups of 32) or fp8 (E4M3), dynamic per token and KV head. lowbit's loader then
+    /// runs the model with that cache (`--kv` of run/eval/bench overrides it).
+    #[arg(long, value_name = "int8|int4|fp8")]
+    kv: Option<String>,
+    /// With --kv: Hadamard-rotate keys, values and queries before the cache quantizes them
+    /// (`quantization_config.lowbit_kv_rotation`, a lowbit extension).
+    #[arg(long)]
+    kv_rotate: bool,
     /// Abort (leaving nothing behind) if resident memory goes over this many MiB.
     #[arg(long, value_name = "MIB")]
     max_memory: Option<u64>,
@@ -203,11 +212,32 @@ pub fn quantize(a: QuantizeArgs) -> Result<()> {
             a.out.display()
         );
     }
+    let kv = match (&a.kv, a.kv_rotate) {
+        (None, true) => bail!("--kv-rotate needs --kv int8|int4|fp8"),
+        (None, false) => None,
+        (Some(s), _) => {
+            let dtype = match s.to_ascii_lowercase().as_str() {
+                "int8" => lowbit_cpu::attention::KvDtype::Q8,
+                "int4" => lowbit_cpu::attention::KvDtype::Q4,
+                "fp8" => lowbit_cpu::attention::KvDtype::Fp8,
+                _ => bail!("--kv {s}: expected int8, int4 or fp8"),
+            };
+            Some(lowbit_cpu::attention::KvCacheSpec {
+                dtype,
+                rotation_seed: a.kv_rotate.then_some(crate::kv::KV_ROTATION_SEED),
+            })
+        }
+    };
     match a.export.as_str() {
         "compressed-tensors" => {}
         "gguf" => {
-            if a.method != "rtn" || a.act.is_some() || a.smooth.is_some() || a.rotate != "none" {
-                bail!("--export gguf quantizes with llama.cpp's block encoders: --method rtn only, no --act/--smooth/--rotate");
+            if a.method != "rtn"
+                || a.act.is_some()
+                || a.smooth.is_some()
+                || a.rotate != "none"
+                || kv.is_some()
+            {
+                bail!("--export gguf quantizes with llama.cpp's block encoders: --method rtn only, no --act/--smooth/--rotate/--kv");
             }
             return crate::export_gguf::export(
                 &a.model, &a.scheme, &a.out, &a.ignore, a.force, a.json,
@@ -247,6 +277,10 @@ pub fn quantize(a: QuantizeArgs) -> Result<()> {
     }
     let t0 = Instant::now();
     let mut input = open_input(&a.model)?;
+    if let Some(spec) = &kv {
+        spec.check(input.config.head_dim)
+            .map_err(|e| anyhow::anyhow!("--kv {}: {e}", spec.name()))?;
+    }
     // R1 is fused into the f32 weights before anything is quantized or calibrated; the rotated
     // tensors live in a scratch file next to the output (unlinked once mapped).
     let mut rotation = None;
@@ -349,6 +383,9 @@ pub fn quantize(a: QuantizeArgs) -> Result<()> {
     if let Some(act) = act {
         writer.set_input_activations(lowbit_quant::smooth::input_activations(act));
     }
+    if let Some(spec) = kv {
+        writer.set_kv_cache(spec);
+    }
     let reports = lowbit_quant::quantize_streaming_ext(
         &input.config,
         &input.weights,
@@ -384,6 +421,7 @@ pub fn quantize(a: QuantizeArgs) -> Result<()> {
             "out": a.out, "scheme": spec.to_string(), "method": method.name(), "layers": qm.reports,
             "ignored": qm.ignored, "bits_per_weight": bpw, "seconds": seconds, "peak_rss_bytes": peak,
             "act": act.map(|x| x.name()), "smooth": a.smooth,
+            "kv_cache": kv.map(|k| k.name()),
         });
         println!("{j}");
     } else {

@@ -1,8 +1,8 @@
 //! Prefill product (many tokens) on 16-bit integers, accurate to ~1e-4 of each block's range:
 //! the activations are quantized to 15 bits per block of 32 (`|q| ≤ 16383`) and the weights,
 //! one panel of 16 rows at a time right before use, to exact small integers (Q8_0, Q4_0, Q5_0:
-//! their stored quants minus the zero point) or to 12 bits per block of 32 (`|q| ≤ 2047`, other
-//! types, dequantized first). The inner product is AVX-512 VNNI `vpdpwssd` (32 multiply-adds
+//! their stored quants minus the zero point; MXFP4: doubled E2M1 codes) or to 12 bits per block
+//! of 32 (`|q| ≤ 2047`: LB_NVFP4 straight from its codes, other types dequantized first). The inner product is AVX-512 VNNI `vpdpwssd` (32 multiply-adds
 //! per instruction, twice an f32 FMA on 512-bit vectors and four times the 256-bit `gemm` path).
 //!
 //! Integer ranges: a block sum has 32 products of at most 2^11 · 2^14 (or 2^7 · 2^14), so it
@@ -82,7 +82,10 @@ fn weight_row(
     q: &mut [i16],
     d: &mut [f32],
 ) {
-    if matches!(t, GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q5_0) {
+    if matches!(
+        t,
+        GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::MXFP4
+    ) {
         row_blocks(t, row, buf, b8);
         for ((dst, s), (bd, bq)) in q.chunks_exact_mut(QA).zip(d.iter_mut()).zip(b8.iter()) {
             *s = *bd;
@@ -90,6 +93,8 @@ fn weight_row(
                 *o = v as i16;
             }
         }
+    } else if t == GgmlType::LB_NVFP4 {
+        lb_nvfp4_row(row, q, d);
     } else {
         dequantize_row(t, row, buf).expect("validated weight type");
         for ((dst, s), v) in q
@@ -98,6 +103,44 @@ fn weight_row(
             .zip(buf.chunks_exact(QA))
         {
             *s = quantize_block(v, WMAX_Q, dst);
+        }
+    }
+}
+
+/// Codes times this are the 16-bit quants of the sub-block with the larger scale: doubled E2M1
+/// codes are at most 12 in magnitude, 12 · 170 = 2040 ≤ [`WMAX_Q`].
+const NVFP4_MUL: f32 = 170.0;
+
+/// One `LB_NVFP4` row as blocks of 32 `d · q` without dequantizing: per block of 32 (two
+/// sub-blocks of 16 with f32 scales s0, s1) `d = max(|s0|, |s1|) / 340` and `q = round(2e2m1(c) ·
+/// 170 · s / max)`. The sub-block with the larger scale is exact (q = 170 · 2e2m1); the other is
+/// rounded like the 12-bit re-quantization of the other types (≤ d/2 per weight).
+fn lb_nvfp4_row(row: &[u8], q: &mut [i16], d: &mut [f32]) {
+    use crate::quant_dot::KVALUES_MXFP4;
+    use lowbit_formats::lb_nvfp4::{sub_scales, BLOCK, BLOCK_BYTES};
+    let blocks = row.chunks_exact(BLOCK_BYTES);
+    for ((b, q), d) in blocks
+        .zip(q.chunks_exact_mut(BLOCK))
+        .zip(d.chunks_exact_mut(4))
+    {
+        let sc = sub_scales(b);
+        for k in 0..4 {
+            let (s0, s1) = (sc[2 * k], sc[2 * k + 1]);
+            let m = s0.abs().max(s1.abs());
+            let (f0, f1) = if m > 0.0 {
+                (NVFP4_MUL * (s0 / m), NVFP4_MUL * (s1 / m))
+            } else {
+                (0.0, 0.0)
+            };
+            d[k] = m / (2.0 * NVFP4_MUL);
+            let qs = &b[12 + 16 * k..28 + 16 * k];
+            let out = &mut q[32 * k..32 * k + 32];
+            for l in 0..16 {
+                let lo = KVALUES_MXFP4[(qs[l] & 0x0F) as usize] as f32;
+                let hi = KVALUES_MXFP4[(qs[l] >> 4) as usize] as f32;
+                out[l] = round_even(lo * f0) as i16;
+                out[l + 16] = round_even(hi * f1) as i16;
+            }
         }
     }
 }
@@ -376,13 +419,14 @@ mod tests {
 
     use crate::test_util::lcg;
 
-    const TYPES: [GgmlType; 6] = [
+    const TYPES: [GgmlType; 7] = [
         GgmlType::Q8_0,
         GgmlType::Q5_0,
         GgmlType::Q4_0,
         GgmlType::Q4_K,
         GgmlType::Q6_K,
         GgmlType::Q2_K,
+        GgmlType::MXFP4,
     ];
 
     fn check(t: GgmlType, tokens: usize, rows: usize, blocks: usize, seed: u64) {

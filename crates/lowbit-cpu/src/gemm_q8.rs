@@ -9,7 +9,7 @@
 //! `da[t,b] · dw[r,b] · (S − 128·Σ w)` to the output. [`matmul_int8_scalar`] is the reference of
 //! exactly that computation; the SIMD path differs from it only in the order of float additions.
 //!
-//! Weights: Q8_0, Q4_0 and Q5_0 blocks are used as stored (quants minus the zero point, f16
+//! Weights: Q8_0, Q4_0, Q5_0 and MXFP4 blocks are used as stored (quants minus the zero point, f16
 //! scale), so the product is exact up to the activation rounding. Other types are dequantized
 //! and re-quantized, `dw = max|w| / 127`, `q = round(w / dw)`, which adds a rounding of at most
 //! `dw/2` per weight, well below their own quantization step.
@@ -109,8 +109,8 @@ impl Panel {
 }
 
 /// One weight row as blocks of 32 `d · q` with q in -127..=127 (or -128 for Q8_0, fine for
-/// `vpdpbusd`). Q8_0, Q4_0 and Q5_0 are taken over exactly (their quants minus the zero
-/// point); other types are dequantized into `buf` and re-quantized ([`quantize_block`]).
+/// `vpdpbusd`). Q8_0, Q4_0, Q5_0 and MXFP4 are taken over exactly (their quants minus the zero
+/// point; MXFP4's doubled E2M1 codes with half its scale); other types are dequantized into `buf` and re-quantized ([`quantize_block`]).
 pub(crate) fn row_blocks(t: GgmlType, row: &[u8], buf: &mut [f32], out: &mut [(f32, [i8; QA])]) {
     let f16 = |b: &[u8]| half::f16::from_le_bytes([b[0], b[1]]).to_f32();
     match t {
@@ -140,6 +140,17 @@ pub(crate) fn row_blocks(t: GgmlType, row: &[u8], buf: &mut [f32], out: &mut [(f
                     let hi = (b[6 + l] >> 4) | (((qh >> (l + 16)) & 1) << 4) as u8;
                     o.1[l] = lo as i8 - 16;
                     o.1[l + 16] = hi as i8 - 16;
+                }
+            }
+        }
+        GgmlType::MXFP4 => {
+            // Doubled E2M1 codes (-12..12) with half the E8M0 scale: ggml's own decoding, exact.
+            use crate::quant_dot::{e8m0_half, KVALUES_MXFP4};
+            for (b, o) in row.chunks_exact(17).zip(out.iter_mut()) {
+                o.0 = e8m0_half(b[0]);
+                for l in 0..16 {
+                    o.1[l] = KVALUES_MXFP4[(b[1 + l] & 0x0F) as usize];
+                    o.1[l + 16] = KVALUES_MXFP4[(b[1 + l] >> 4) as usize];
                 }
             }
         }
@@ -336,12 +347,13 @@ mod tests {
 
     use crate::test_util::lcg;
 
-    const TYPES: [GgmlType; 5] = [
+    const TYPES: [GgmlType; 6] = [
         GgmlType::Q8_0,
         GgmlType::Q5_0,
         GgmlType::Q4_K,
         GgmlType::Q6_K,
         GgmlType::Q4_0,
+        GgmlType::MXFP4,
     ];
 
     fn check(t: GgmlType, tokens: usize, rows: usize, blocks: usize, seed: u64) {

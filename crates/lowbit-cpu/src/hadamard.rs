@@ -239,6 +239,21 @@ impl Hadamard {
         self.base
     }
 
+    /// Size of the power-of-two (Sylvester) factor: `size() == pow2() * base()`.
+    pub fn pow2(&self) -> usize {
+        self.pow2
+    }
+
+    /// The `base × base` row-major ±1 entries of the dense factor (`[1.0]` for powers of two).
+    pub fn base_matrix(&self) -> &[f64] {
+        &self.base_matrix
+    }
+
+    /// The ±1 diagonal D, one sign per value.
+    pub fn signs(&self) -> &[f64] {
+        &self.signs
+    }
+
     /// `y = x · H` (unnormalized) for one row of n values in f64, `transpose` giving `x · Hᵀ`.
     fn hadamard_row(&self, x: &mut [f64], tmp: &mut [f64], transpose: bool) {
         let m = self.base;

@@ -8,6 +8,11 @@
 //! registers by a 16-entry table permute (AVX-512), multiplied by its scale and fused-multiply-added
 //! into the sums; [`row_dot_scalar`] is the reference. Prefill: blocks of rows dequantized to f32
 //! and multiplied by `gemm` through [`crate::matmul_f32`].
+//!
+//! The model loader does not use this path: it repacks NVFP4 into lowbit's `LB_NVFP4` blocks
+//! ([`Nvfp4Matrix::to_blocks`]) so that [`crate::matmul`] runs them like any other block type
+//! (8-bit activations and VNNI for decode, the 16-bit GEMM for prefill). This module stays as the
+//! f32-activation kernel and as an independent reference for those blocks.
 
 use rayon::prelude::*;
 
@@ -70,6 +75,20 @@ impl Nvfp4Matrix<'_> {
             return Err(format!("NVFP4 scale byte {b:#04x} is an E4M3 NaN"));
         }
         Ok(())
+    }
+
+    /// The matrix as `LB_NVFP4` rows (bit-identical values) for [`crate::WeightMatrix`]; needs
+    /// `cols` a multiple of 128.
+    pub fn to_blocks(&self) -> Result<Vec<u8>, String> {
+        self.validate()?;
+        lowbit_formats::lb_nvfp4::pack(
+            self.codes,
+            self.scales,
+            self.global_scale,
+            self.rows,
+            self.cols,
+        )
+        .map_err(|e| e.to_string())
     }
 
     /// Scale of every E4M3 byte divided by the global scale (f32, as compressed-tensors).

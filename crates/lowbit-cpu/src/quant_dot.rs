@@ -5,7 +5,9 @@
 //! scale per block:
 //! - signed weights (Q8_0, IQ4_NL, MXFP4): `y += dw·da · Σ w a`;
 //! - unsigned quants with a zero point (Q4_0, Q5_0, Q6_K, Q3_K): `y += dw·da · (Σ q a − z Σ a)`;
-//! - scale and min (Q4_K, Q5_K, Q2_K): `y += da · (d·sc · Σ q a − dmin·m · Σ a)`.
+//! - scale and min (Q4_K, Q5_K, Q2_K): `y += da · (d·sc · Σ q a − dmin·m · Σ a)`;
+//! - lowbit's NVFP4 blocks (`LB_NVFP4`): doubled E2M1 codes (integers −12..12) per 16 values,
+//!   `y += (s/2)·da · Σ 2e2m1(q) a` with the f32 sub-scale `s = e4m3 / global` of each 16.
 //!
 //! [`row_dot_scalar`] is the reference (exact integer sums, then the float formula). The x86 paths
 //! compute the same integer sums with AVX-512 VNNI (`vpdpbusd` on 256-bit vectors) or AVX2
@@ -23,14 +25,17 @@ pub fn is_supported(t: GgmlType) -> bool {
     use GgmlType::*;
     matches!(
         t,
-        Q8_0 | Q4_0 | Q5_0 | IQ4_NL | MXFP4 | Q2_K | Q3_K | Q4_K | Q5_K | Q6_K
+        Q8_0 | Q4_0 | Q5_0 | IQ4_NL | MXFP4 | LB_NVFP4 | Q2_K | Q3_K | Q4_K | Q5_K | Q6_K
     )
 }
 
 /// Weight types with SIMD kernels (the others fall back to the f32 path in `matmul`).
 pub fn has_simd_kernel(t: GgmlType) -> bool {
     use GgmlType::*;
-    matches!(t, Q8_0 | Q4_0 | Q5_0 | IQ4_NL | MXFP4 | Q4_K | Q5_K | Q6_K)
+    matches!(
+        t,
+        Q8_0 | Q4_0 | Q5_0 | IQ4_NL | MXFP4 | LB_NVFP4 | Q4_K | Q5_K | Q6_K
+    )
 }
 
 /// Which instruction set the kernels use on this CPU.
@@ -66,7 +71,8 @@ const KVALUES_IQ4NL: [i8; 16] = [
     -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
 ];
 /// E2M1 values doubled; the E8M0 scale is halved to match (as ggml).
-const KVALUES_MXFP4: [i8; 16] = [0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12];
+pub(crate) const KVALUES_MXFP4: [i8; 16] =
+    [0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12];
 
 /// Bytes per block and values per block of the supported types.
 fn block_shape(t: GgmlType) -> (usize, usize) {
@@ -76,6 +82,10 @@ fn block_shape(t: GgmlType) -> (usize, usize) {
         Q4_0 | IQ4_NL => (18, 32),
         Q5_0 => (22, 32),
         MXFP4 => (17, 32),
+        LB_NVFP4 => (
+            lowbit_formats::lb_nvfp4::BLOCK_BYTES,
+            lowbit_formats::lb_nvfp4::BLOCK,
+        ),
         Q2_K => (84, 256),
         Q3_K => (110, 256),
         Q4_K => (144, 256),
@@ -98,7 +108,7 @@ fn f16(b: &[u8], i: usize) -> f32 {
 
 /// Half of the E8M0 scale, 2^(e − 128) (ggml `ggml_e8m0_to_fp32_half`).
 #[inline(always)]
-fn e8m0_half(e: u8) -> f32 {
+pub(crate) fn e8m0_half(e: u8) -> f32 {
     f32::from_bits(if e < 2 {
         0x0020_0000u32 << e
     } else {
@@ -216,6 +226,24 @@ pub fn row_dot_scalar(t: GgmlType, w: &[u8], a: &[Q8Block]) -> Option<f32> {
                         let s = idot(&q, &blk.qs);
                         acc += (d * sc[sub] as f32 * blk.d) * s as f32
                             - (dmin * mn[sub] as f32 * blk.d) * blk.sum as f32;
+                    }
+                }
+            }
+        }
+        LB_NVFP4 => {
+            use lowbit_formats::lb_nvfp4::{sub_scales, BLOCK_BYTES};
+            for (b, ab) in w.chunks_exact(BLOCK_BYTES).zip(a.chunks_exact(4)) {
+                let sc = sub_scales(b);
+                for (k, blk) in ab.iter().enumerate() {
+                    let qs = &b[12 + 16 * k..28 + 16 * k];
+                    let mut q = [0i32; 32];
+                    for l in 0..16 {
+                        q[l] = KVALUES_MXFP4[(qs[l] & 0x0F) as usize] as i32;
+                        q[l + 16] = KVALUES_MXFP4[(qs[l] >> 4) as usize] as i32;
+                    }
+                    for h in 0..2 {
+                        let s = idot(&q[16 * h..16 * h + 16], &blk.qs[16 * h..16 * h + 16]);
+                        acc += (0.5 * sc[2 * k + h] * blk.d) * s as f32;
                     }
                 }
             }
@@ -497,6 +525,7 @@ mod x86 {
             GgmlType::Q5_0 => q4_0::<O, N, true>(w, a),
             GgmlType::IQ4_NL => table4::<O, N>(w, a, 18, &KVALUES_IQ4NL),
             GgmlType::MXFP4 => table4::<O, N>(w, a, 17, &KVALUES_MXFP4),
+            GgmlType::LB_NVFP4 => lb_nvfp4::<O, N>(w, a),
             GgmlType::Q4_K => q4_k::<O, N, false>(w, a),
             GgmlType::Q5_K => q4_k::<O, N, true>(w, a),
             GgmlType::Q6_K => q6_k::<O, N>(w, a),
@@ -640,6 +669,45 @@ mod x86 {
                 let v = _mm256_shuffle_epi8(t, nibbles16(qs));
                 let s = O::dot_s8(v, av);
                 acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(d, da), acc[k]);
+            }
+        }
+        hsums(acc)
+    }
+
+    /// lowbit's NVFP4 blocks of 128: per block the 8 E4M3 sub-scales become f32 lanes (the E4M3
+    /// bits placed in an f16, converted, times 2^8: exact, subnormals included), divided by the
+    /// global scale (correctly rounded, as the scalar decoder); per 32 values the codes are
+    /// looked up as doubled E2M1 integers, lanes 0..4 of the integer sums take sub-scale 2k and
+    /// lanes 4..8 sub-scale 2k + 1.
+    #[inline(always)]
+    unsafe fn lb_nvfp4<O: Ops, const N: usize>(w: [*const u8; N], a: &[Q8Block]) -> [f32; N] {
+        const BYTES: usize = lowbit_formats::lb_nvfp4::BLOCK_BYTES;
+        let t =
+            _mm256_broadcastsi128_si256(_mm_loadu_si128(KVALUES_MXFP4.as_ptr() as *const __m128i));
+        let mut acc = [_mm256_setzero_ps(); N];
+        let lanes: [__m256i; 4] = std::array::from_fn(|k| {
+            let (lo, hi) = (2 * k as i32, 2 * k as i32 + 1);
+            _mm256_setr_epi32(lo, lo, lo, lo, hi, hi, hi, hi)
+        });
+        for (i, ab) in a.chunks_exact(4).enumerate() {
+            let av: [__m256i; 4] = std::array::from_fn(|k| load_a(&ab[k]));
+            let da: [__m256; 4] = std::array::from_fn(|k| _mm256_set1_ps(0.5 * ab[k].d));
+            for k in 0..N {
+                let b = w[k].add(BYTES * i);
+                let g = _mm256_set1_ps((b as *const f32).read_unaligned());
+                let e = _mm_cvtepu8_epi16(_mm_loadl_epi64(b.add(4) as *const __m128i));
+                let h = _mm_or_si128(
+                    _mm_slli_epi16::<8>(_mm_and_si128(e, _mm_set1_epi16(0x80))),
+                    _mm_slli_epi16::<7>(_mm_and_si128(e, _mm_set1_epi16(0x7F))),
+                );
+                let e4m3 = _mm256_mul_ps(_mm256_cvtph_ps(h), _mm256_set1_ps(256.0));
+                let sc = _mm256_div_ps(e4m3, g);
+                for c in 0..4 {
+                    let v = _mm256_shuffle_epi8(t, nibbles16(b.add(12 + 16 * c)));
+                    let s = O::dot_s8(v, av[c]);
+                    let scale = _mm256_mul_ps(_mm256_permutevar8x32_ps(sc, lanes[c]), da[c]);
+                    acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), scale, acc[k]);
+                }
             }
         }
         hsums(acc)

@@ -80,6 +80,10 @@ pub enum WeightFormat {
     Q8_0,
     /// bf16, row-major.
     Bf16,
+    /// GGML Q6_K (210-byte blocks of 256).
+    Q6K,
+    /// f32, row-major, any K: small or odd-width matrices no other layout holds.
+    F32,
 }
 
 impl WeightFormat {
@@ -90,6 +94,8 @@ impl WeightFormat {
             "q4k" => Some(WeightFormat::Q4K),
             "q80" => Some(WeightFormat::Q8_0),
             "bf16" => Some(WeightFormat::Bf16),
+            "q6k" => Some(WeightFormat::Q6K),
+            "f32" => Some(WeightFormat::F32),
             _ => None,
         }
     }
@@ -101,6 +107,8 @@ impl WeightFormat {
             WeightFormat::Q4K => "q4_k",
             WeightFormat::Q8_0 => "q8_0",
             WeightFormat::Bf16 => "bf16",
+            WeightFormat::Q6K => "q6_k",
+            WeightFormat::F32 => "f32",
         }
     }
 
@@ -108,9 +116,10 @@ impl WeightFormat {
     pub fn k_multiple(self) -> usize {
         match self {
             WeightFormat::Int4G128 | WeightFormat::Int4G128Tiled => 128,
-            WeightFormat::Q4K => 256,
+            WeightFormat::Q4K | WeightFormat::Q6K => 256,
             WeightFormat::Q8_0 => 32,
             WeightFormat::Bf16 => 8,
+            WeightFormat::F32 => 1,
         }
     }
 
@@ -126,6 +135,8 @@ impl WeightFormat {
             WeightFormat::Q4K => (rows * cols / 256 * 144, 0),
             WeightFormat::Q8_0 => (rows * cols / 32 * 34, 0),
             WeightFormat::Bf16 => (rows * cols * 2, 0),
+            WeightFormat::Q6K => (rows * cols / 256 * 210, 0),
+            WeightFormat::F32 => (rows * cols * 4, 0),
         }
     }
 
@@ -136,6 +147,8 @@ impl WeightFormat {
             WeightFormat::Q4K => "gemv_q4_k",
             WeightFormat::Q8_0 => "gemv_q8_0",
             WeightFormat::Bf16 => "gemv_bf16",
+            WeightFormat::Q6K => "gemv_q6_k",
+            WeightFormat::F32 => "gemv_f32",
         }
     }
 }
@@ -535,7 +548,7 @@ impl CudaBackend {
         drv("synchronize", self.stream.synchronize())
     }
 
-    fn func(&self, name: &str) -> Result<&CudaFunction> {
+    pub(crate) fn func(&self, name: &str) -> Result<&CudaFunction> {
         self.funcs
             .get(name)
             .ok_or_else(|| Error::Shape(format!("kernel '{name}' is not in the compiled modules")))
@@ -659,6 +672,20 @@ impl CudaBackend {
                 let n = (nbytes / 34) as u64;
                 self.launch(f, cfg, |b| b.arg(&mut data).arg(&n).arg(&seed))?;
             }
+            WeightFormat::Q6K => {
+                let f = self.func("fill_random_q6_k")?;
+                let n = (nbytes / 210) as u64;
+                self.launch(f, cfg, |b| b.arg(&mut data).arg(&n).arg(&seed))?;
+            }
+            WeightFormat::F32 => {
+                let f = self.func("fill_random_f32")?;
+                let n = (nbytes / 4) as u64;
+                let a = 1.0 / (cols as f32).sqrt();
+                let (lo, hi) = (-a, a);
+                self.launch(f, cfg, |b| {
+                    b.arg(&mut data).arg(&n).arg(&seed).arg(&lo).arg(&hi)
+                })?;
+            }
             WeightFormat::Bf16 => {
                 let f = self.func("fill_random_half")?;
                 let n = (nbytes / 2) as u64;
@@ -711,7 +738,7 @@ impl CudaBackend {
     /// kernel except the random fills is launched with programmatic stream serialization, so it
     /// may start before the previous kernel ends (each such kernel calls pdl_wait() before
     /// touching data another kernel wrote: kernels/common.cu).
-    fn launch<'a>(
+    pub(crate) fn launch<'a>(
         &'a self,
         f: &'a CudaFunction,
         cfg: LaunchConfig,

@@ -9,12 +9,14 @@
 pub mod backend;
 pub mod bench;
 pub mod cublaslt;
+pub mod model;
 pub mod reference;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
+pub use model::{GpuHadamard, GpuModel};
 pub use backend::{
     tile_int4_g128, CudaBackend, DeviceMatrix, Int4Kernel, WeightFormat, MAX_BATCH, MAX_BATCH_TILED,
 };
@@ -67,6 +69,7 @@ pub const KERNEL_SOURCES: &[(&str, &str)] = &[
     ("ops", include_str!("kernels/ops.cu")),
     ("attention", include_str!("kernels/attention.cu")),
     ("gemm", include_str!("kernels/gemm.cu")),
+    ("model", include_str!("kernels/model.cu")),
 ];
 
 /// Environment variable naming the NVRTC library file to use (e.g. the PyPI wheel's

@@ -68,11 +68,15 @@ pub fn random_matrix(
                 vals,
             )
         }
-        WeightFormat::Q4K | WeightFormat::Q8_0 => {
-            let ty = if format == WeightFormat::Q4K {
-                GgmlType::Q4_K
-            } else {
-                GgmlType::Q8_0
+        WeightFormat::F32 => {
+            let v = rng.vec(rows * cols, 0.1);
+            (v.iter().flat_map(|x| x.to_le_bytes()).collect(), None, v)
+        }
+        WeightFormat::Q4K | WeightFormat::Q8_0 | WeightFormat::Q6K => {
+            let ty = match format {
+                WeightFormat::Q4K => GgmlType::Q4_K,
+                WeightFormat::Q6K => GgmlType::Q6_K,
+                _ => GgmlType::Q8_0,
             };
             let src = rng.vec(rows * cols, 0.1);
             let row_bytes = ty.byte_len(cols).expect("block-aligned cols");

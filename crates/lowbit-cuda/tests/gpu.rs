@@ -34,8 +34,11 @@ fn gemv_all_formats_and_batches_match_cpu() {
         WeightFormat::Q4K,
         WeightFormat::Q8_0,
         WeightFormat::Bf16,
+        WeightFormat::Q6K,
+        WeightFormat::F32,
     ] {
-        for (rows, cols) in [(37, 512), (256, 1280), (64, 4096), (1000, 2048)] {
+        // (13, 172): an odd width only the f32 layout holds.
+        for (rows, cols) in [(37, 512), (256, 1280), (64, 4096), (1000, 2048), (13, 172)] {
             if cols % format.k_multiple() != 0 {
                 continue;
             }

@@ -3,7 +3,7 @@
 //! and p99, top-1 agreement and RMS of the change in the correct token's probability. Logits are
 //! computed for a few tokens at a time, never for a whole chunk × vocabulary.
 
-use lowbit_model::Transformer;
+use lowbit_model::{CpuDecoder, Decoder, Transformer};
 use serde::Serialize;
 
 use crate::EvalError;
@@ -155,17 +155,35 @@ pub fn kl_divergence_many(
     bos: Option<u32>,
     ctx: usize,
     max_chunks: Option<usize>,
+    progress: impl FnMut(usize, usize, &[f64]),
+) -> Result<Vec<KldResult>, EvalError> {
+    let mut decoders: Vec<CpuDecoder> = models.iter().map(|m| CpuDecoder::new(m, ctx)).collect();
+    let mut refs: Vec<&mut dyn Decoder> =
+        decoders.iter_mut().map(|d| d as &mut dyn Decoder).collect();
+    let mut b = CpuDecoder::new(base, ctx);
+    kl_divergence_many_with(&mut refs, &mut b, tokens, bos, ctx, max_chunks, progress)
+}
+
+/// [`kl_divergence_many`] for any [`Decoder`]s (CPU or GPU); their states must hold `ctx` tokens.
+#[allow(clippy::too_many_arguments)]
+pub fn kl_divergence_many_with(
+    models: &mut [&mut dyn Decoder],
+    base: &mut dyn Decoder,
+    tokens: &[u32],
+    bos: Option<u32>,
+    ctx: usize,
+    max_chunks: Option<usize>,
     mut progress: impl FnMut(usize, usize, &[f64]),
 ) -> Result<Vec<KldResult>, EvalError> {
     if ctx < 4 {
         return Err(EvalError::BadCtx(ctx));
     }
-    let vocab = base.config.vocab_size;
-    for m in models {
-        if m.config.vocab_size != vocab {
+    let vocab = base.config().vocab_size;
+    for m in models.iter() {
+        if m.config().vocab_size != vocab {
             return Err(EvalError::Model(lowbit_model::ModelError::Other(format!(
                 "the models have different vocabularies ({} vs {} tokens): KL-divergence needs the same tokenizer",
-                m.config.vocab_size, vocab
+                m.config().vocab_size, vocab
             ))));
         }
     }
@@ -178,9 +196,7 @@ pub fn kl_divergence_many(
     }
     let chunks = max_chunks.map_or(available, |m| m.min(available));
     let first = ctx / 2;
-    let hb = base.config.hidden_size;
-    let mut sb = base.new_state(ctx);
-    let mut states: Vec<_> = models.iter().map(|m| m.new_state(ctx)).collect();
+    let hb = base.config().hidden_size;
     let mut accs: Vec<Acc> = models.iter().map(|_| Acc::default()).collect();
     // Tokens per logits slice: bounds memory to (models + 1) × SLICE × vocab floats.
     const SLICE: usize = 16;
@@ -189,20 +205,20 @@ pub fn kl_divergence_many(
         if let Some(b) = bos {
             chunk[0] = b;
         }
-        sb.clear();
-        let xb = base.forward_hidden(&mut sb, &chunk, first)?;
+        base.reset();
+        let xb = base.forward_hidden(&chunk, first)?;
         let mut xs = Vec::with_capacity(models.len());
-        for (m, st) in models.iter().zip(states.iter_mut()) {
-            st.clear();
-            xs.push(m.forward_hidden(st, &chunk, first)?);
+        for m in models.iter_mut() {
+            m.reset();
+            xs.push(m.forward_hidden(&chunk, first)?);
         }
         let scored = ctx - 1 - first;
         for t0 in (0..scored).step_by(SLICE) {
             let t1 = (t0 + SLICE).min(scored);
-            let lb = base.lm_head.forward(&xb[t0 * hb..t1 * hb]);
+            let lb = base.logits(&xb[t0 * hb..t1 * hb])?;
             for ((m, xq), acc) in models.iter().zip(&xs).zip(accs.iter_mut()) {
-                let hq = m.config.hidden_size;
-                let lq = m.lm_head.forward(&xq[t0 * hq..t1 * hq]);
+                let hq = m.config().hidden_size;
+                let lq = m.logits(&xq[t0 * hq..t1 * hq])?;
                 for t in t0..t1 {
                     let target = tokens[c * ctx + first + t + 1] as usize;
                     let r = t - t0;

@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use lowbit_model::{KvState, Transformer};
+use lowbit_model::{CpuDecoder, Decoder, Transformer};
 use serde::Serialize;
 
 /// What `perplexity` measured. `ppl_stderr` is llama.cpp's: PPL · sqrt(var(nll) / (N − 1)).
@@ -45,6 +45,20 @@ pub fn perplexity(
     bos: Option<u32>,
     ctx: usize,
     max_chunks: Option<usize>,
+    progress: impl FnMut(usize, usize, f64),
+) -> Result<PplResult, EvalError> {
+    let mut d = CpuDecoder::new(model, ctx);
+    perplexity_with(&mut d, tokens, bos, ctx, max_chunks, progress)
+}
+
+/// [`perplexity`] for any [`Decoder`] (the CPU transformer, a GPU model); its state must hold
+/// `ctx` tokens.
+pub fn perplexity_with(
+    model: &mut dyn Decoder,
+    tokens: &[u32],
+    bos: Option<u32>,
+    ctx: usize,
+    max_chunks: Option<usize>,
     mut progress: impl FnMut(usize, usize, f64),
 ) -> Result<PplResult, EvalError> {
     if ctx < 4 {
@@ -59,7 +73,6 @@ pub fn perplexity(
     }
     let chunks = max_chunks.map_or(available, |m| m.min(available));
     let first = ctx / 2;
-    let mut state: KvState = model.new_state(ctx);
     let (mut sum, mut sum2, mut count) = (0f64, 0f64, 0usize);
     let mut chunk_ppl = Vec::with_capacity(chunks);
     let start = Instant::now();
@@ -68,12 +81,12 @@ pub fn perplexity(
         if let Some(b) = bos {
             chunk[0] = b;
         }
-        state.clear();
-        let hidden = model.forward_hidden(&mut state, &chunk, first)?;
+        model.reset();
+        let hidden = model.forward_hidden(&chunk, first)?;
         // Row j - first of `hidden` predicts token j + 1; the last row predicts nothing.
-        let h = model.config.hidden_size;
+        let h = model.config().hidden_size;
         let targets: Vec<u32> = (first..ctx - 1).map(|j| tokens[c * ctx + j + 1]).collect();
-        let nlls = model.nll(&hidden[..targets.len() * h], &targets);
+        let nlls = model.nll(&hidden[..targets.len() * h], &targets)?;
         let mut chunk_sum = 0f64;
         for nll in nlls {
             sum += nll;

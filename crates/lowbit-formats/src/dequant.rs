@@ -76,6 +76,7 @@ pub fn is_supported(ty: GgmlType) -> bool {
             | IQ4_NL
             | IQ4_XS
             | MXFP4
+            | LB_NVFP4
             | TQ1_0
             | TQ2_0
     )
@@ -119,6 +120,7 @@ fn decode(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), FormatError> 
         IQ4_NL => legacy::iq4_nl(src, dst),
         IQ4_XS => kquants::iq4_xs(src, dst),
         MXFP4 => legacy::mxfp4(src, dst),
+        LB_NVFP4 => crate::lb_nvfp4::decode(src, dst),
         Q2_K => kquants::q2_k(src, dst),
         Q3_K => kquants::q3_k(src, dst),
         Q4_K => kquants::q4_k(src, dst),

@@ -36,7 +36,13 @@ pub enum GgmlType {
     TQ1_0,
     TQ2_0,
     MXFP4,
+    /// lowbit-internal NVFP4 block (crate::lb_nvfp4): never in a GGUF file (see [`Self::in_gguf`]).
+    LB_NVFP4,
 }
+
+/// The id [`GgmlType::id`] gives lowbit-internal types: outside ggml's numbering, and never
+/// accepted by [`GgmlType::from_id`].
+pub const INTERNAL_TYPE_ID: u32 = 0x4C42_0000;
 
 /// Super-block size of the k-quants.
 pub const QK_K: usize = 256;
@@ -117,6 +123,7 @@ impl GgmlType {
             TQ1_0 => 34,
             TQ2_0 => 35,
             MXFP4 => 39,
+            LB_NVFP4 => INTERNAL_TYPE_ID,
         }
     }
 
@@ -156,6 +163,7 @@ impl GgmlType {
             TQ1_0 => "tq1_0",
             TQ2_0 => "tq2_0",
             MXFP4 => "mxfp4",
+            LB_NVFP4 => "lb_nvfp4",
         }
     }
 
@@ -165,6 +173,7 @@ impl GgmlType {
         match self {
             F32 | F16 | BF16 | I8 | I16 | I32 | I64 | F64 => 1,
             Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | Q8_1 | IQ4_NL | MXFP4 => 32,
+            LB_NVFP4 => crate::lb_nvfp4::BLOCK,
             _ => QK_K,
         }
     }
@@ -201,7 +210,14 @@ impl GgmlType {
             TQ1_0 => 54,
             TQ2_0 => 66,
             MXFP4 => 17,
+            LB_NVFP4 => crate::lb_nvfp4::BLOCK_BYTES,
         }
+    }
+
+    /// Whether the type exists in GGUF files (false for lowbit's in-memory types, which GGUF
+    /// writers must refuse).
+    pub fn in_gguf(self) -> bool {
+        self != GgmlType::LB_NVFP4
     }
 
     /// Bits per weight of the stored data.

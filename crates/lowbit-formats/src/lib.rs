@@ -8,6 +8,7 @@ pub mod codebook;
 pub mod dequant;
 pub mod fake;
 pub mod ggml;
+pub mod lb_nvfp4;
 pub mod minifloat;
 pub mod pack;
 pub mod qtensor;

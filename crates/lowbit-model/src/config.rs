@@ -114,6 +114,10 @@ pub struct ModelConfig {
     /// Rotations applied to activations at inference because the checkpoint's weights were
     /// rotated on that side (`quantization_config.lowbit_rotation.online`, docs/FORMAT.md).
     pub online_rotations: Vec<OnlineRotationSpec>,
+    /// KV-cache storage for `Transformer::new_state` (`quantization_config.kv_cache_scheme`, plus
+    /// lowbit's `quantization_config.lowbit_kv_rotation`; docs/FORMAT.md); None is an f32 cache.
+    /// The CLI's `--kv` overrides it.
+    pub kv_cache: Option<lowbit_cpu::attention::KvCacheSpec>,
 }
 
 /// `x ← x · Q` on the input of `module` in every layer, `Q` lowbit's randomized Hadamard
@@ -158,6 +162,70 @@ fn online_rotations(
             }
         })
         .collect()
+}
+
+/// The KV cache a config.json asks for: compressed-tensors' `quantization_config.kv_cache_scheme`
+/// (QuantizationArgs: `num_bits`, `type` int/float, `symmetric`, `strategy`, `dynamic`) mapped to a
+/// lowbit storage type — int 8 → q8, int 4 → q4, float 8 → fp8 (E4M3), float 16 → f16 — and
+/// `quantization_config.lowbit_kv_rotation` (`{"kind": "hadamard", "seed": S}`, a lowbit
+/// extension). lowbit always scales per (token, KV head) row (q4: per group of 32) dynamically,
+/// whatever `strategy`/`dynamic` say; static `k_scale`/`v_scale` tensors are not read.
+pub fn kv_cache_from_config(
+    root: &Value,
+    head_dim: usize,
+    path: &Path,
+) -> Result<Option<lowbit_cpu::attention::KvCacheSpec>> {
+    use lowbit_cpu::attention::{KvCacheSpec, KvDtype};
+    let Some(qc) = root.get("quantization_config") else {
+        return Ok(None);
+    };
+    let bad = |m: String| Err(ModelError::format(path, format!("quantization_config.{m}")));
+    let rotation_seed = match qc.get("lowbit_kv_rotation") {
+        None | Some(Value::Null) => None,
+        Some(r) => match (r.get("kind").and_then(|v| v.as_str()), r.get("seed")) {
+            (Some("hadamard"), Some(s)) if s.is_u64() => s.as_u64(),
+            _ => {
+                return bad(format!(
+                    "lowbit_kv_rotation: expected {{\"kind\": \"hadamard\", \"seed\": S}}, got {r}"
+                ))
+            }
+        },
+    };
+    let scheme = match qc.get("kv_cache_scheme") {
+        None | Some(Value::Null) => {
+            if rotation_seed.is_some() {
+                return bad("lowbit_kv_rotation needs a kv_cache_scheme".into());
+            }
+            return Ok(None);
+        }
+        Some(s) => s,
+    };
+    let bits = scheme.get("num_bits").and_then(|v| v.as_u64()).unwrap_or(8);
+    let ty = scheme.get("type").and_then(|v| v.as_str()).unwrap_or("int");
+    if scheme.get("symmetric").and_then(|v| v.as_bool()) == Some(false) {
+        return bad(format!(
+            "kv_cache_scheme: asymmetric KV caches are not supported (lowbit's are symmetric), got {scheme}"
+        ));
+    }
+    let dtype = match (ty, bits) {
+        ("int", 8) => KvDtype::Q8,
+        ("int", 4) => KvDtype::Q4,
+        ("float", 8) => KvDtype::Fp8,
+        ("float", 16) => KvDtype::F16,
+        _ => {
+            return bad(format!(
+                "kv_cache_scheme: expected int 8/4 or float 8/16 bits, got {scheme}"
+            ))
+        }
+    };
+    let spec = KvCacheSpec {
+        dtype,
+        rotation_seed,
+    };
+    if let Err(e) = spec.check(head_dim) {
+        return bad(format!("kv_cache_scheme: {e}"));
+    }
+    Ok(Some(spec))
 }
 
 impl ModelConfig {
@@ -234,6 +302,11 @@ impl ModelConfig {
             || self.num_heads > 4096
         {
             return bad("config dimensions are absurdly large".into());
+        }
+        if let Some(kv) = &self.kv_cache {
+            if let Err(e) = kv.check(self.head_dim) {
+                return bad(e.to_string());
+            }
         }
         if let Some(m) = &self.moe {
             if m.top_k == 0 || m.top_k > m.num_experts {
@@ -467,6 +540,7 @@ pub fn from_hf_config(cfg: &Value, path: &Path) -> Result<ModelConfig> {
             get_usize(cfg, "intermediate_size").unwrap_or(0),
             path,
         )?,
+        kv_cache: kv_cache_from_config(root, head_dim, path)?,
     };
     config.validate(path)?;
     Ok(config)

@@ -140,6 +140,7 @@ pub fn config_from_gguf(g: &GgufFile, w: &WeightStore) -> Result<ModelConfig> {
         eos_token_id: num(g.metadata.get("tokenizer.ggml.eos_token_id")).map(|v| v as u32),
         act_quant: None,
         online_rotations: Vec::new(),
+        kv_cache: None,
     };
     match arch {
         Arch::Gemma3 => {

@@ -120,6 +120,13 @@ where
         if !names.insert(t.name.as_str()) {
             return Err(terr("appears twice".into()));
         }
+        if !t.dtype.in_gguf() {
+            return Err(terr(format!(
+                "type {} is lowbit's in-memory format and has no GGUF type id: convert it \
+                 (e.g. dequantize) before writing a GGUF file",
+                t.dtype
+            )));
+        }
         if t.shape.len() > GGUF_MAX_DIMS || t.shape.contains(&0) {
             return Err(terr(format!(
                 "shape {:?}: GGUF needs 1 to {GGUF_MAX_DIMS} nonzero dims",

@@ -3,6 +3,7 @@
 
 pub mod arch;
 pub mod config;
+pub mod decoder;
 pub mod error;
 pub mod gguf;
 pub mod gguf_model;
@@ -17,5 +18,6 @@ pub mod weights;
 
 pub use arch::{KvState, Transformer};
 pub use config::{Arch, ModelConfig};
+pub use decoder::{CpuDecoder, Decoder};
 pub use error::{ModelError, Result};
 pub use weights::{Backing, TensorEntry, TensorHandle, TensorView, WeightStore};

@@ -156,6 +156,7 @@ pub fn open_llama2c(path: &Path) -> Result<(ModelConfig, WeightStore)> {
         eos_token_id: Some(2),
         act_quant: None,
         online_rotations: Vec::new(),
+        kv_cache: None,
     };
     config.validate(path)?;
     Ok((config, store))

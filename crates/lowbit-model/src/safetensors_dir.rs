@@ -364,7 +364,9 @@ fn shard_listed(index_path: &Path, file: &Path) -> bool {
 // ---------------------------------------------------------------------------------------------
 // compressed-tensors checkpoints (vLLM's layout, what `lowbit quantize` writes; docs/FORMAT.md).
 // Symmetric INT4 weights with group scales (w4g128) stay packed, repacked losslessly as GGML
-// Q4_0 so the fused kernels run them; other quantized weights are dequantized to f32 at load.
+// Q4_0 so the fused kernels run them; MXFP4 (groups of 32) as GGML MXFP4 and NVFP4 (rows of
+// whole 128-value blocks) as lowbit's LB_NVFP4 blocks, both with the same values; other quantized
+// weights (FP8, other layouts) are dequantized to f32 at load.
 // Full-precision tensors (embeddings, norms) keep their stored dtype (BF16/F16/F32), except
 // F32 matrices that are exactly Q8_0 blocks (GGUF-made checkpoints), stored as such.
 
@@ -527,81 +529,168 @@ fn scale_at(
     scales.get(r * groups + c / (cols / groups)).copied()
 }
 
-/// Dequantize one `nvfp4-pack-quantized` / `mxfp4-pack-quantized` module: `weight_packed` U8
+/// One `nvfp4-pack-quantized` / `mxfp4-pack-quantized` module, validated: `weight_packed` U8
 /// [rows, cols/2] (element 2i in the low nibble), `weight_scale` [rows, groups] as F8_E4M3
 /// (NVFP4, divided by the F32 `weight_global_scale`) or E8M0 bytes in U8 (MXFP4). Values are
 /// e2m1(code) · (scale / global_scale) in f32, the order compressed-tensors computes in.
-fn dequantize_fp4(
-    file: &Path,
-    module: &str,
-    packed: &RawTensor,
-    tensors: &BTreeMap<String, RawTensor>,
-    data: &[u8],
-) -> Result<(usize, usize, Vec<f32>)> {
-    let name = format!("{module}.weight_packed");
-    let terr = |m: String| ModelError::tensor(file, &name, m);
-    if packed.shape.len() != 2 || packed.shape[1] == 0 {
-        return Err(terr(format!(
-            "expected U8 [rows, cols/2], found {:?}",
-            packed.shape
-        )));
-    }
-    let (rows, cols) = (packed.shape[0], packed.shape[1] * 2);
-    let st = tensors
-        .get(&format!("{module}.weight_scale"))
-        .ok_or_else(|| terr(format!("{module}.weight_scale is missing")))?;
-    let groups = match st.shape[..] {
-        [r, g] if r == rows && g > 0 && cols % g == 0 => g,
-        _ => {
+struct Fp4<'a> {
+    rows: usize,
+    cols: usize,
+    groups: usize,
+    codes: &'a [u8],
+    scale_bytes: &'a [u8],
+    /// NVFP4's global scale; None for MXFP4.
+    global: Option<f32>,
+    /// Every group's scale as f32 (`e4m3 / global` or `2^(e − 127)`), all finite.
+    scales: Vec<f32>,
+}
+
+impl<'a> Fp4<'a> {
+    fn parse(
+        file: &Path,
+        module: &str,
+        packed: &RawTensor,
+        tensors: &BTreeMap<String, RawTensor>,
+        data: &'a [u8],
+    ) -> Result<Fp4<'a>> {
+        let name = format!("{module}.weight_packed");
+        let terr = |m: String| ModelError::tensor(file, &name, m);
+        if packed.shape.len() != 2 || packed.shape[1] == 0 {
             return Err(terr(format!(
-                "weight_scale shape {:?} does not fit [{rows}, {cols}]",
-                st.shape
-            )))
+                "expected U8 [rows, cols/2], found {:?}",
+                packed.shape
+            )));
         }
-    };
-    let e4m3 = lowbit_formats::minifloat::Minifloat::E4M3FN;
-    let sbytes = &data[st.start..st.end];
-    let scales: Vec<f32> = match st.dtype.as_str() {
-        "F8_E4M3" => {
-            let gt = tensors
-                .get(&format!("{module}.weight_global_scale"))
-                .ok_or_else(|| terr("NVFP4 weight_global_scale is missing".into()))?;
-            let g = raw_to_f32(file, &format!("{module}.weight_global_scale"), gt, data)?;
-            let gs = match g[..] {
-                [v] if v.is_finite() && v > 0.0 => v,
-                _ => {
-                    return Err(terr(format!(
-                        "weight_global_scale must be one positive value, found {g:?}"
-                    )))
-                }
-            };
-            sbytes.iter().map(|&b| e4m3.decode(b as u32) / gs).collect()
+        let (rows, cols) = (packed.shape[0], packed.shape[1] * 2);
+        let st = tensors
+            .get(&format!("{module}.weight_scale"))
+            .ok_or_else(|| terr(format!("{module}.weight_scale is missing")))?;
+        let groups = match st.shape[..] {
+            [r, g] if r == rows && g > 0 && cols % g == 0 => g,
+            _ => {
+                return Err(terr(format!(
+                    "weight_scale shape {:?} does not fit [{rows}, {cols}]",
+                    st.shape
+                )))
+            }
+        };
+        let e4m3 = lowbit_formats::minifloat::Minifloat::E4M3FN;
+        let sbytes = &data[st.start..st.end];
+        let (global, scales): (Option<f32>, Vec<f32>) = match st.dtype.as_str() {
+            "F8_E4M3" => {
+                let gt = tensors
+                    .get(&format!("{module}.weight_global_scale"))
+                    .ok_or_else(|| terr("NVFP4 weight_global_scale is missing".into()))?;
+                let g = raw_to_f32(file, &format!("{module}.weight_global_scale"), gt, data)?;
+                let gs = match g[..] {
+                    [v] if v.is_finite() && v > 0.0 => v,
+                    _ => {
+                        return Err(terr(format!(
+                            "weight_global_scale must be one positive value, found {g:?}"
+                        )))
+                    }
+                };
+                (
+                    Some(gs),
+                    sbytes.iter().map(|&b| e4m3.decode(b as u32) / gs).collect(),
+                )
+            }
+            "U8" => (
+                None,
+                sbytes
+                    .iter()
+                    .map(|&b| lowbit_formats::qtensor::e8m0_value(b))
+                    .collect(),
+            ),
+            d => {
+                return Err(terr(format!(
+                    "weight_scale must be F8_E4M3 (nvfp4) or U8 E8M0 (mxfp4), found {d}"
+                )))
+            }
+        };
+        if let Some(s) = scales.iter().find(|s| !s.is_finite()) {
+            return Err(terr(format!("weight_scale holds a non-finite value ({s})")));
         }
-        "U8" => sbytes
-            .iter()
-            .map(|&b| lowbit_formats::qtensor::e8m0_value(b))
-            .collect(),
-        d => {
-            return Err(terr(format!(
-                "weight_scale must be F8_E4M3 (nvfp4) or U8 E8M0 (mxfp4), found {d}"
-            )))
-        }
-    };
-    if let Some(s) = scales.iter().find(|s| !s.is_finite()) {
-        return Err(terr(format!("weight_scale holds a non-finite value ({s})")));
+        Ok(Fp4 {
+            rows,
+            cols,
+            groups,
+            codes: &data[packed.start..packed.end],
+            scale_bytes: sbytes,
+            global,
+            scales,
+        })
     }
-    let e2m1 = lowbit_formats::minifloat::Minifloat::E2M1;
-    let table: Vec<f32> = (0..16).map(|c| e2m1.decode(c)).collect();
-    let gsize = cols / groups;
-    let bytes = &data[packed.start..packed.end];
-    let mut vals = vec![0f32; rows * cols];
-    for (i, v) in vals.iter_mut().enumerate() {
-        let b = bytes[i / 2];
-        let code = if i % 2 == 0 { b & 0x0f } else { b >> 4 };
-        let (r, c) = (i / cols, i % cols);
-        *v = table[code as usize] * scales[r * groups + c / gsize];
+
+    /// All values as f32 (row-major).
+    fn dequantize(&self) -> Vec<f32> {
+        let e2m1 = lowbit_formats::minifloat::Minifloat::E2M1;
+        let table: Vec<f32> = (0..16).map(|c| e2m1.decode(c)).collect();
+        let gsize = self.cols / self.groups;
+        let mut vals = vec![0f32; self.rows * self.cols];
+        for (i, v) in vals.iter_mut().enumerate() {
+            let b = self.codes[i / 2];
+            let code = if i % 2 == 0 { b & 0x0f } else { b >> 4 };
+            let (r, c) = (i / self.cols, i % self.cols);
+            *v = table[code as usize] * self.scales[r * self.groups + c / gsize];
+        }
+        vals
     }
-    Ok((rows, cols, vals))
+
+    /// The weights as a block type the fused kernels run, with the same values: MXFP4 with
+    /// groups of 32 as GGML MXFP4 blocks, NVFP4 with groups of 16 and rows of whole 128-value
+    /// blocks as lowbit's `LB_NVFP4`. None for other layouts (the caller dequantizes).
+    fn repack(&self) -> Option<(GgmlType, Vec<u8>)> {
+        let gsize = self.cols / self.groups;
+        match self.global {
+            Some(g) if gsize == lowbit_formats::lb_nvfp4::SUB => {
+                let q = lowbit_formats::lb_nvfp4::pack(
+                    self.codes,
+                    self.scale_bytes,
+                    g,
+                    self.rows,
+                    self.cols,
+                )
+                .ok()?;
+                Some((GgmlType::LB_NVFP4, q))
+            }
+            None if gsize == 32 => {
+                Some((GgmlType::MXFP4, repack_mxfp4(self.codes, self.scale_bytes)))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// compressed-tensors MXFP4 (groups of 32; value 2i of a row in the low nibble of byte i, one
+/// E8M0 byte per group) as GGML MXFP4 blocks (the E8M0 byte, then 16 bytes whose low nibbles
+/// are values 0..16 and high nibbles 16..32). ggml decodes `2^(e − 128) · 2e2m1(q)`, which is
+/// compressed-tensors' `2^(e − 127) · e2m1(q)` exactly (E8M0 255, NaN, is rejected at parse),
+/// except that a −0 code reads back as +0.
+fn repack_mxfp4(codes: &[u8], scales: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(scales.len() * 17);
+    for (c, &e) in codes.chunks_exact(16).zip(scales) {
+        out.push(e);
+        let nib = |i: usize| (c[i / 2] >> (4 * (i % 2))) & 0x0F;
+        out.extend((0..16).map(|j| nib(j) | (nib(j + 16) << 4)));
+    }
+    out
+}
+
+/// Drop this process's copies of the map's pages in `start..start + len` (packed tensors that
+/// were copied out at load): they would otherwise count in the resident set for the whole run.
+fn release_pages(backing: &Backing, start: usize, len: usize) {
+    #[cfg(unix)]
+    if let Backing::Mmap(m) = backing {
+        // SAFETY: a read-only private file map: MADV_DONTNEED only drops this process's copies
+        // of the pages, which fault back in from the unchanged file if read again, so no slice
+        // into the map observes a change. Failure just keeps them resident.
+        unsafe {
+            let _ = m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, len);
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (backing, start, len);
 }
 
 /// Symmetric 4-bit pack-quantized weights as GGML Q4_0 (blocks of 32: f16 scale, then 16 bytes
@@ -717,19 +806,47 @@ fn f32_as_q8_0_exact(bytes: &[u8], cols: usize) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// Load a compressed-tensors `model.safetensors`, dequantizing every quantized weight to f32.
-/// Supports pack-quantized integers (1..8 bits, symmetric or with packed zero points),
+/// Load a compressed-tensors `model.safetensors`. Supports pack-quantized integers (1..8 bits, symmetric or with packed zero points),
 /// float-quantized FP8 E4M3 with tensor or channel scales, and NVFP4 / MXFP4
 /// (`nvfp4-pack-quantized`, `mxfp4-pack-quantized`).
+///
+/// Weights that a fused kernel can run stay packed (see [`open_compressed_tensors_with`]) unless
+/// [`UNPACK_ENV`] asks for f32: `LOWBIT_UNPACK=1` for every checkpoint, or `LOWBIT_UNPACK=DIR` for
+/// the checkpoint in DIR only (so `lowbit eval kld --model DIR --base COPY` can compare the packed
+/// path with the f32 one, COPY being a directory of symlinks to DIR's files).
 pub fn open_compressed_tensors(file: &Path, config: &serde_json::Value) -> Result<WeightStore> {
-    open_compressed_tensors_with(file, config, true)
+    open_compressed_tensors_with(file, config, !unpack_requested(file))
 }
 
-/// [`open_compressed_tensors`], choosing whether symmetric INT4 weights with f16-exact group
-/// scales (what `lowbit quantize --scheme w4g128` writes) stay packed (`keep_packed`: repacked
-/// losslessly as GGML Q4_0 blocks, 0.5625 B/weight, run by the fused kernels; F32 matrices that
-/// are exactly Q8_0 blocks become Q8_0 too) or are dequantized to f32 like every other scheme.
-/// Both give the same weight values (a -0.0 may read back as +0.0).
+/// Environment variable that makes compressed-tensors checkpoints load dequantized to f32.
+pub const UNPACK_ENV: &str = "LOWBIT_UNPACK";
+
+fn unpack_requested(file: &Path) -> bool {
+    let Some(v) = std::env::var_os(UNPACK_ENV) else {
+        return false;
+    };
+    if v == "1" || v == "all" {
+        return true;
+    }
+    let want = std::fs::canonicalize(&v).ok();
+    let dir = file.parent().and_then(|d| {
+        std::fs::canonicalize(if d.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            d
+        })
+        .ok()
+    });
+    want.is_some() && want == dir
+}
+
+/// [`open_compressed_tensors`], choosing whether weights a fused kernel can run stay packed
+/// (`keep_packed`) or are dequantized to f32 like every other scheme: symmetric INT4 with
+/// f16-exact group scales (what `lowbit quantize --scheme w4g128` writes) repacked losslessly as
+/// GGML Q4_0 blocks (0.5625 B/weight); MXFP4 with groups of 32 as GGML MXFP4 (0.53 B/weight);
+/// NVFP4 whose rows are whole 128-value blocks as `LB_NVFP4` (0.59 B/weight); F32 matrices that
+/// are exactly Q8_0 blocks as Q8_0. Both give the same weight values (a -0.0 may read back as
+/// +0.0). The file pages of repacked tensors are released after the copy.
 pub fn open_compressed_tensors_with(
     file: &Path,
     config: &serde_json::Value,
@@ -764,8 +881,20 @@ pub fn open_compressed_tensors_with(
         }
         let terr = |m: String| ModelError::tensor(file, name, m);
         if let (Some(module), "U8") = (name.strip_suffix(".weight_packed"), t.dtype.as_str()) {
-            let (rows, cols, vals) = dequantize_fp4(file, module, t, &tensors, data)?;
-            out.push((format!("{module}.weight"), vec![rows, cols], vals));
+            let fp4 = Fp4::parse(file, module, t, &tensors, data)?;
+            if keep_packed {
+                if let Some((ty, q)) = fp4.repack() {
+                    packed.push((format!("{module}.weight"), ty, vec![fp4.rows, fp4.cols], q));
+                    // The codes were copied out; their file pages are not read again.
+                    release_pages(&backing, data_offset + t.start, t.end - t.start);
+                    continue;
+                }
+            }
+            out.push((
+                format!("{module}.weight"),
+                vec![fp4.rows, fp4.cols],
+                fp4.dequantize(),
+            ));
         } else if let Some(module) = name.strip_suffix(".weight_packed") {
             if t.dtype != "I32" || t.shape.len() != 2 {
                 return Err(terr(format!(
@@ -842,6 +971,7 @@ pub fn open_compressed_tensors_with(
                         vec![rows, cols],
                         q,
                     ));
+                    release_pages(&backing, data_offset + t.start, t.end - t.start);
                     continue;
                 }
             }
@@ -924,17 +1054,12 @@ pub fn open_compressed_tensors_with(
             ));
         }
     }
-    let mut buf = Vec::new();
+    let mut buf = Vec::with_capacity(out.iter().map(|(_, _, v)| v.len() * 4).sum());
     let mut entries = Vec::new();
     for (name, shape, vals) in out {
         let off = buf.len();
         buf.extend(vals.iter().flat_map(|v| v.to_le_bytes()));
         entries.push((name, GgmlType::F32, shape, off, buf.len() - off));
-    }
-    for (name, dtype, shape, bytes) in packed {
-        let off = buf.len();
-        buf.extend_from_slice(&bytes);
-        entries.push((name, dtype, shape, off, bytes.len()));
     }
     let mut store = WeightStore::new(file);
     let b = store.add_backing(Backing::Owned(buf));
@@ -946,7 +1071,15 @@ pub fn open_compressed_tensors_with(
     let owned = entries
         .into_iter()
         .map(|(name, dtype, shape, off, len)| (name, dtype, shape, off, len, b));
-    for (name, dtype, shape, offset, len, backing) in owned.chain(in_map) {
+    // Each repacked tensor keeps its own buffer: copying them into one would hold every packed
+    // weight twice at the peak of the load.
+    let mut repacked = Vec::with_capacity(packed.len());
+    for (name, dtype, shape, bytes) in packed {
+        let len = bytes.len();
+        let backing = store.add_backing(Backing::Owned(bytes));
+        repacked.push((name, dtype, shape, 0, len, backing));
+    }
+    for (name, dtype, shape, offset, len, backing) in owned.chain(repacked).chain(in_map) {
         store.insert(
             name,
             TensorEntry {
@@ -989,5 +1122,94 @@ mod q8_0_exact_tests {
             f32_as_q8_0_exact(&bytes, 48).is_none(),
             "48 columns are not whole blocks"
         );
+    }
+}
+
+#[cfg(test)]
+mod fp4_repack_tests {
+    use super::*;
+
+    fn check(fp4: &Fp4<'_>, ty: GgmlType) {
+        let (t, q) = fp4.repack().expect("repackable layout");
+        assert_eq!(t, ty);
+        assert_eq!(q.len(), ty.byte_len(fp4.rows * fp4.cols).unwrap());
+        let mut got = vec![0f32; fp4.rows * fp4.cols];
+        lowbit_formats::dequantize(ty, &q, &mut got).unwrap();
+        for (i, (g, w)) in got.iter().zip(fp4.dequantize()).enumerate() {
+            // Equal values; MXFP4 reads a -0 code back as +0.
+            let same = g.to_bits() == w.to_bits() || (ty == GgmlType::MXFP4 && *g == w);
+            assert!(same, "{ty} value {i}: {g} vs {w}");
+        }
+    }
+
+    /// Every E8M0 byte but the NaN (255) with every pair of codes: GGML MXFP4 blocks hold the
+    /// compressed-tensors values exactly.
+    #[test]
+    fn mxfp4_repack_is_exact() {
+        let (rows, cols) = (255, 64);
+        let codes: Vec<u8> = (0..rows * cols / 2)
+            .map(|i| (i * 7 + i / 5) as u8)
+            .collect();
+        let scale_bytes: Vec<u8> = (0..rows * 2).map(|i| (i % 255) as u8).collect();
+        let scales = scale_bytes
+            .iter()
+            .map(|&b| lowbit_formats::qtensor::e8m0_value(b))
+            .collect();
+        let fp4 = Fp4 {
+            rows,
+            cols,
+            groups: 2,
+            codes: &codes,
+            scale_bytes: &scale_bytes,
+            global: None,
+            scales,
+        };
+        check(&fp4, GgmlType::MXFP4);
+        // Groups of 64 have no block type: dequantized instead.
+        assert!(Fp4 { groups: 1, ..fp4 }.repack().is_none());
+    }
+
+    /// NVFP4 with every non-NaN E4M3 scale byte becomes LB_NVFP4 blocks with bit-identical values;
+    /// rows that are not whole 128-value blocks stay unpacked.
+    #[test]
+    fn nvfp4_repack_is_exact() {
+        let (rows, cols) = (16, 256);
+        let codes: Vec<u8> = (0..rows * cols / 2)
+            .map(|i| (i * 13 + i / 3) as u8)
+            .collect();
+        let scale_bytes: Vec<u8> = (0..rows * cols / 16)
+            .map(|i| {
+                let b = (i % 256) as u8;
+                if b & 0x7F == 0x7F {
+                    0x7E
+                } else {
+                    b
+                }
+            })
+            .collect();
+        let global = 2688.0 / 0.37;
+        let e4m3 = lowbit_formats::minifloat::Minifloat::E4M3FN;
+        let scales = scale_bytes
+            .iter()
+            .map(|&b| e4m3.decode(b as u32) / global)
+            .collect();
+        let fp4 = Fp4 {
+            rows,
+            cols,
+            groups: cols / 16,
+            codes: &codes,
+            scale_bytes: &scale_bytes,
+            global: Some(global),
+            scales,
+        };
+        check(&fp4, GgmlType::LB_NVFP4);
+        let narrow = Fp4 {
+            rows: 4 * rows,
+            cols: cols / 4,
+            groups: cols / 64,
+            scales: vec![1.0; rows * cols / 16],
+            ..fp4
+        };
+        assert!(narrow.repack().is_none());
     }
 }

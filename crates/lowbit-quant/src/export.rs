@@ -613,6 +613,8 @@ pub struct ModelWriter {
     rotation: Option<Value>,
     /// compressed-tensors `input_activations` of the config group (`--act`, W8A8), when set.
     input_activations: Option<Value>,
+    /// The KV cache the checkpoint runs with (`--kv`), when set.
+    kv_cache: Option<lowbit_cpu::attention::KvCacheSpec>,
     finished: bool,
 }
 
@@ -667,6 +669,7 @@ impl ModelWriter {
             tokenizer_gguf: src.tokenizer_gguf.clone(),
             rotation: None,
             input_activations: None,
+            kv_cache: None,
             finished: false,
         };
         w.start_safetensors(specs)?;
@@ -729,6 +732,13 @@ impl ModelWriter {
         self.input_activations = Some(v);
     }
 
+    /// Record the KV cache the checkpoint runs with (`lowbit quantize --kv`): written as
+    /// `quantization_config.kv_cache_scheme` ([`kv_cache_scheme`]) and, when rotated,
+    /// `quantization_config.lowbit_kv_rotation`.
+    pub fn set_kv_cache(&mut self, spec: lowbit_cpu::attention::KvCacheSpec) {
+        self.kv_cache = Some(spec);
+    }
+
     /// Write one pipeline tensor (all its safetensors tensors) at its place in the file.
     pub fn add(&mut self, name: &str, t: &OutTensor) -> Result<()> {
         use std::os::unix::fs::FileExt;
@@ -787,6 +797,12 @@ impl ModelWriter {
         }
         if let Some(ia) = &self.input_activations {
             qc["config_groups"]["group_0"]["input_activations"] = ia.clone();
+        }
+        if let Some(kv) = &self.kv_cache {
+            qc["kv_cache_scheme"] = kv_cache_scheme(kv.dtype)?;
+            if let Some(seed) = kv.rotation_seed {
+                qc["lowbit_kv_rotation"] = json!({"kind": "hadamard", "seed": seed});
+            }
         }
         obj.insert("quantization_config".into(), qc);
         obj.insert(
@@ -854,6 +870,26 @@ impl Drop for ModelWriter {
             let _ = std::fs::remove_dir_all(&self.tmp);
         }
     }
+}
+
+/// compressed-tensors `kv_cache_scheme` (QuantizationArgs) of a lowbit KV cache type: dynamic,
+/// symmetric; int8 and FP8 as `strategy: "token"` (lowbit's scales are finer: one per token
+/// *and* KV head), int4 as groups of 32. f32 / f16 caches are not quantization schemes.
+pub fn kv_cache_scheme(dtype: lowbit_cpu::attention::KvDtype) -> Result<Value> {
+    use lowbit_cpu::attention::KvDtype;
+    Ok(match dtype {
+        KvDtype::Q8 => {
+            json!({"num_bits": 8, "type": "int", "symmetric": true, "strategy": "token", "dynamic": true})
+        }
+        KvDtype::Fp8 => {
+            json!({"num_bits": 8, "type": "float", "symmetric": true, "strategy": "token", "dynamic": true})
+        }
+        KvDtype::Q4 => json!({"num_bits": 4, "type": "int", "symmetric": true, "strategy": "group",
+                              "group_size": lowbit_cpu::attention::Q4_GROUP, "dynamic": true}),
+        KvDtype::F32 | KvDtype::F16 => {
+            bail!("a {dtype} KV cache is not a quantization scheme: --kv takes int8, int4 or fp8")
+        }
+    })
 }
 
 /// Name of the vocab-only GGUF holding the tokenizer of GGUF / llama2.c sources (lowbit extension).

@@ -99,17 +99,6 @@ extern "C" __global__ void argmax_f32(const float* __restrict__ x, int n, int* _
     }
 }
 
-// Counter-based hash (splitmix64 finalizer) so random fills need no state and no host data.
-__device__ __forceinline__ u64 mix64(u64 z) {
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
-__device__ __forceinline__ float unit_rand(u64 seed, u64 i) {  // uniform in [-1, 1)
-    return (float)(mix64(seed * 0x9e3779b97f4a7c15ull + i) >> 40) * (2.0f / 16777216.0f) - 1.0f;
-}
-
 extern "C" __global__ void fill_random_u32(u32* __restrict__ p, u64 n, u64 seed) {
     for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
         p[i] = (u32)mix64(seed * 0x9e3779b97f4a7c15ull + i);

@@ -48,6 +48,10 @@ impl KvState {
     pub fn capacity(&self) -> usize {
         self.caches.first().map(|c| c.capacity).unwrap_or(0)
     }
+    /// Bytes held by every layer's keys and values.
+    pub fn bytes(&self) -> usize {
+        self.caches.iter().map(|c| c.bytes()).sum()
+    }
     /// Forget the sequence (the memory is kept).
     pub fn clear(&mut self) {
         self.pos = 0;
@@ -103,14 +107,22 @@ impl Transformer {
         Ok(t)
     }
 
+    /// A state for `capacity` positions, its caches stored as `config.kv_cache` asks (f32 when
+    /// None). Panics only if that spec does not fit the model, which `ModelConfig::validate` and
+    /// the parsers reject; [`Transformer::try_new_state`] returns the error instead.
     pub fn new_state(&self, capacity: usize) -> KvState {
+        self.try_new_state(capacity)
+            .unwrap_or_else(|e| panic!("KV cache of {:?}: {e}", self.config.kv_cache))
+    }
+
+    pub fn try_new_state(&self, capacity: usize) -> Result<KvState> {
         let c = &self.config;
-        KvState {
-            caches: (0..c.num_layers)
-                .map(|_| KvCache::new(c.num_kv_heads, c.head_dim, capacity))
-                .collect(),
-            pos: 0,
-        }
+        let spec = c.kv_cache.unwrap_or_default();
+        let caches = (0..c.num_layers)
+            .map(|_| KvCache::with_spec(c.num_kv_heads, c.head_dim, capacity, spec))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| ModelError::format(std::path::Path::new("<model>"), e.to_string()))?;
+        Ok(KvState { caches, pos: 0 })
     }
 
     /// Run `tokens` at positions `state.pos..` and advance the state. Returns the logits of the
