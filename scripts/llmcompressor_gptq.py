@@ -16,6 +16,11 @@ Two subcommands (run by scripts/bench-gptq-speed.sh inside its own llmcompressor
       first N consecutive chunks of L tokens, each chunk's first token replaced by BOS. They are
       handed to oneshot already tokenized, in order (no shuffling, batch size 1). Prints one JSON
       line with the phase times; the caller measures wall time and peak RSS of the whole process.
+
+  same-tokens --base DIR --text FILE --lowbit-json FILE
+      Check that transformers (this venv's, with DIR's tokenizer) encodes FILE's text, BOS
+      included, to the `prompt_ids` of `lowbit run --json -p TEXT`: both tools calibrate on the
+      same token sequences only if their tokenizers agree.
 """
 
 from __future__ import annotations
@@ -145,6 +150,24 @@ def cmd_gptq(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_same_tokens(args: argparse.Namespace) -> int:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(args.base)
+    with open(args.text, encoding="utf-8") as f:
+        ids = tok(f.read())["input_ids"]
+    with open(args.lowbit_json, encoding="utf-8") as f:
+        theirs = json.load(f)["prompt_ids"]
+    if ids != theirs:
+        first = next((i for i, (a, b) in enumerate(zip(ids, theirs)) if a != b),
+                     min(len(ids), len(theirs)))
+        raise SystemExit(f"tokenizers disagree on {args.text}: transformers {len(ids)} ids, lowbit "
+                         f"{len(theirs)}; first difference at {first}: {ids[first:first + 4]} vs "
+                         f"{theirs[first:first + 4]}")
+    print(f"same tokens: {len(ids)} ids (BOS {ids[0]})", file=sys.stderr)
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -159,8 +182,12 @@ def main() -> int:
     g.add_argument("--out", required=True)
     g.add_argument("--threads", type=int, default=2)
     g.add_argument("--actorder", choices=["static", "none"], default="static")
+    c = sub.add_parser("same-tokens", help="compare with lowbit's tokenization")
+    c.add_argument("--base", required=True)
+    c.add_argument("--text", required=True)
+    c.add_argument("--lowbit-json", required=True)
     args = ap.parse_args()
-    return cmd_base(args) if args.cmd == "base" else cmd_gptq(args)
+    return {"base": cmd_base, "gptq": cmd_gptq, "same-tokens": cmd_same_tokens}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ pub struct GpuBenchArgs {
     /// Model shape with random weights built on the device: llama-3-8b or qwen2.5-7b.
     #[arg(long, default_value = "llama-3-8b")]
     synthetic: String,
-    /// Weight format: int4g128, q4_k, q8_0, bf16 (comma-separated for several).
+    /// Weight format: int4g128, int4g128t, q4_k, q6_k, q8_0, nvfp4, mxfp4, bf16, f32 (comma-separated
+    /// for several).
     #[arg(long, default_value = "int4g128")]
     format: String,
     /// cuda or cuda:N.
@@ -120,7 +121,7 @@ pub fn gpu_bench(a: GpuBenchArgs) -> Result<()> {
         .split(',')
         .map(|f| {
             WeightFormat::parse(f).with_context(|| {
-                format!("unknown format '{f}' (int4g128, int4g128t, q4_k, q8_0, bf16)")
+                format!("unknown format '{f}' (int4g128, int4g128t, q4_k, q6_k, q8_0, nvfp4, mxfp4, bf16, f32)")
             })
         })
         .collect::<Result<_>>()?;

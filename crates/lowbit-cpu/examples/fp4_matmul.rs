@@ -1,6 +1,8 @@
 //! Prefill and decode time of `matmul` for Gemma-3-270M-sized matrices in the 4-bit weight types
 //! (Q4_0, MXFP4, lowbit's LB_NVFP4, and Q4_K / Q5_0 as llama.cpp's Q4_K_M has them): `cargo run --release -p lowbit-cpu --example fp4_matmul
-//! [TOKENS]` (default 512; decode is always 1 token). Use with `RAYON_NUM_THREADS=2`.
+//! [TOKENS [ROWS COLS]]` (default 512 tokens, Gemma's 2048×640 and 640×2048; decode is always 1
+//! token: give a matrix larger than the caches to see memory bandwidth). Use with
+//! `RAYON_NUM_THREADS=2`.
 
 use std::time::Instant;
 
@@ -12,6 +14,14 @@ fn main() {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(512);
+    let args: Vec<usize> = std::env::args()
+        .skip(2)
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    let shapes = match args[..] {
+        [r, c] => vec![(r, c)],
+        _ => vec![(2048, 640), (640, 2048)],
+    };
     let mut seed = 1u64;
     let mut rnd = move || {
         seed = seed
@@ -19,7 +29,7 @@ fn main() {
             .wrapping_add(1442695040888963407);
         ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
     };
-    for (rows, cols) in [(2048, 640), (640, 2048)] {
+    for (rows, cols) in shapes {
         let vals: Vec<f32> = (0..rows * cols).map(|_| rnd() * 0.05).collect();
         let x: Vec<f32> = (0..tokens * cols).map(|_| rnd()).collect();
         for t in [
@@ -54,7 +64,7 @@ fn main() {
             };
             let mut y = vec![0f32; tokens * rows];
             matmul(&x, w, &mut y);
-            let reps = 5;
+            let reps = if rows * cols > 1 << 24 { 1 } else { 5 };
             let s = Instant::now();
             for _ in 0..reps {
                 matmul(&x, w, &mut y);

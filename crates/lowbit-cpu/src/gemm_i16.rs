@@ -114,8 +114,35 @@ const NVFP4_MUL: f32 = 170.0;
 /// One `LB_NVFP4` row as blocks of 32 `d · q` without dequantizing: per block of 32 (two
 /// sub-blocks of 16 with f32 scales s0, s1) `d = max(|s0|, |s1|) / 340` and `q = round(2e2m1(c) ·
 /// 170 · s / max)`. The sub-block with the larger scale is exact (q = 170 · 2e2m1); the other is
-/// rounded like the 12-bit re-quantization of the other types (≤ d/2 per weight).
+/// rounded like the 12-bit re-quantization of the other types (≤ d/2 per weight). AVX-512 looks
+/// the codes up in a 16-entry table of quants per sub-block; same results as the scalar loop.
 fn lb_nvfp4_row(row: &[u8], q: &mut [i16], d: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if Isa::detect() == Isa::Avx512Vnni {
+        // SAFETY: AVX-512 F/BW/VL checked; `q` and `d` hold the row's values and blocks of 32.
+        unsafe { x86::lb_nvfp4_row(row, q, d) };
+        return;
+    }
+    lb_nvfp4_row_scalar(row, q, d)
+}
+
+/// Quant factors of the two sub-blocks of 16 of a block of 32 with f32 scales `s0`, `s1`, and
+/// the block's scale: the codes' doubled E2M1 values times these are the 16-bit quants.
+#[inline(always)]
+fn nvfp4_factors(s0: f32, s1: f32) -> (f32, f32, f32) {
+    let m = s0.abs().max(s1.abs());
+    if m > 0.0 {
+        (
+            NVFP4_MUL * (s0 / m),
+            NVFP4_MUL * (s1 / m),
+            m / (2.0 * NVFP4_MUL),
+        )
+    } else {
+        (0.0, 0.0, 0.0)
+    }
+}
+
+fn lb_nvfp4_row_scalar(row: &[u8], q: &mut [i16], d: &mut [f32]) {
     use crate::quant_dot::KVALUES_MXFP4;
     use lowbit_formats::lb_nvfp4::{sub_scales, BLOCK, BLOCK_BYTES};
     let blocks = row.chunks_exact(BLOCK_BYTES);
@@ -125,14 +152,8 @@ fn lb_nvfp4_row(row: &[u8], q: &mut [i16], d: &mut [f32]) {
     {
         let sc = sub_scales(b);
         for k in 0..4 {
-            let (s0, s1) = (sc[2 * k], sc[2 * k + 1]);
-            let m = s0.abs().max(s1.abs());
-            let (f0, f1) = if m > 0.0 {
-                (NVFP4_MUL * (s0 / m), NVFP4_MUL * (s1 / m))
-            } else {
-                (0.0, 0.0)
-            };
-            d[k] = m / (2.0 * NVFP4_MUL);
+            let (f0, f1, dk) = nvfp4_factors(sc[2 * k], sc[2 * k + 1]);
+            d[k] = dk;
             let qs = &b[12 + 16 * k..28 + 16 * k];
             let out = &mut q[32 * k..32 * k + 32];
             for l in 0..16 {
@@ -300,6 +321,39 @@ mod x86 {
     use super::{Acts, Panel, PANEL, TILE};
     use crate::q8act::QA;
 
+    /// [`super::lb_nvfp4_row_scalar`]: per sub-block of 16 the 16 possible quants are computed
+    /// as one vector (the float→int conversion rounds to nearest even, as `round_even`) and the
+    /// codes pick theirs with a 16-bit permute.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub(super) unsafe fn lb_nvfp4_row(row: &[u8], q: &mut [i16], d: &mut [f32]) {
+        use crate::quant_dot::KVALUES_MXFP4;
+        use lowbit_formats::lb_nvfp4::{sub_scales, BLOCK, BLOCK_BYTES};
+        let kv = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
+            KVALUES_MXFP4.as_ptr() as *const __m128i,
+        )));
+        let table = |f: f32| {
+            _mm512_cvtepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(kv, _mm512_set1_ps(f))))
+        };
+        let mask = _mm_set1_epi8(0x0F);
+        let blocks = row.chunks_exact(BLOCK_BYTES);
+        for ((b, q), d) in blocks
+            .zip(q.chunks_exact_mut(BLOCK))
+            .zip(d.chunks_exact_mut(4))
+        {
+            let sc = sub_scales(b);
+            for k in 0..4 {
+                let (f0, f1, dk) = super::nvfp4_factors(sc[2 * k], sc[2 * k + 1]);
+                d[k] = dk;
+                let x = _mm_loadu_si128(b.as_ptr().add(12 + 16 * k) as *const __m128i);
+                let lo = _mm256_cvtepu8_epi16(_mm_and_si128(x, mask));
+                let hi = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16::<4>(x), mask));
+                let out = q.as_mut_ptr().add(32 * k) as *mut __m256i;
+                _mm256_storeu_si256(out, _mm256_permutexvar_epi16(lo, table(f0)));
+                _mm256_storeu_si256(out.add(1), _mm256_permutexvar_epi16(hi, table(f1)));
+            }
+        }
+    }
+
     /// [`super::quantize_block`] of every block of 32 of `x` on 512-bit vectors (the float→int
     /// conversion rounds to nearest even, as `round_even`; same results for finite inputs).
     ///
@@ -418,6 +472,38 @@ mod tests {
     use proptest::prelude::*;
 
     use crate::test_util::lcg;
+
+    proptest! {
+        /// The LB_NVFP4 row conversion: the dispatched (AVX-512) path equals the scalar one, and
+        /// its quants stay within ±2047 and within d/2 of the weights.
+        #[test]
+        fn lb_nvfp4_rows_match_scalar(blocks in 1usize..4, seed in any::<u64>()) {
+            use lowbit_formats::lb_nvfp4::{BLOCK, BLOCK_BYTES};
+            let mut s = seed;
+            let cols = blocks * BLOCK;
+            let mut row: Vec<u8> = (0..blocks * BLOCK_BYTES).map(|_| (lcg(&mut s) * 128.0) as i8 as u8).collect();
+            for b in row.chunks_exact_mut(BLOCK_BYTES) {
+                b[..4].copy_from_slice(&(1.0 + lcg(&mut s).abs() * 1000.0).to_le_bytes());
+                // E4M3 sub-scales without NaNs; some zero.
+                for (i, e) in b[4..12].iter_mut().enumerate() {
+                    *e = if i == 3 { 0 } else { *e & 0x77 };
+                }
+            }
+            let (mut q, mut d) = (vec![0i16; cols], vec![0f32; cols / 32]);
+            let (mut qs, mut ds) = (vec![0i16; cols], vec![0f32; cols / 32]);
+            lb_nvfp4_row(&row, &mut q, &mut d);
+            lb_nvfp4_row_scalar(&row, &mut qs, &mut ds);
+            prop_assert_eq!(&q, &qs);
+            prop_assert_eq!(&d, &ds);
+            let mut w = vec![0f32; cols];
+            dequantize_row(GgmlType::LB_NVFP4, &row, &mut w).unwrap();
+            for (i, (&qi, &wi)) in q.iter().zip(&w).enumerate() {
+                prop_assert!(qi.abs() <= WMAX_Q as i16);
+                let di = d[i / 32];
+                prop_assert!((qi as f32 * di - wi).abs() <= di * 0.5 * 1.001 + wi.abs() * 1e-6, "{} {} {}", i, qi as f32 * di, wi);
+            }
+        }
+    }
 
     const TYPES: [GgmlType; 7] = [
         GgmlType::Q8_0,

@@ -677,13 +677,15 @@ mod x86 {
     /// lowbit's NVFP4 blocks of 128: per block the 8 E4M3 sub-scales become f32 lanes (the E4M3
     /// bits placed in an f16, converted, times 2^8: exact, subnormals included), divided by the
     /// global scale (correctly rounded, as the scalar decoder); per 32 values the codes are
-    /// looked up as doubled E2M1 integers, lanes 0..4 of the integer sums take sub-scale 2k and
-    /// lanes 4..8 sub-scale 2k + 1.
+    /// looked up as doubled E2M1 integers (offset to be unsigned, see `U`), lanes 0..4 of the
+    /// integer sums take sub-scale 2k and lanes 4..8 sub-scale 2k + 1.
     #[inline(always)]
     unsafe fn lb_nvfp4<O: Ops, const N: usize>(w: [*const u8; N], a: &[Q8Block]) -> [f32; N] {
         const BYTES: usize = lowbit_formats::lb_nvfp4::BLOCK_BYTES;
-        let t =
-            _mm256_broadcastsi128_si256(_mm_loadu_si128(KVALUES_MXFP4.as_ptr() as *const __m128i));
+        // Doubled E2M1 values plus 12 (0..24): unsigned, so one `dot_u8_acc` whose start value
+        // subtracts 12 · Σa (as the zero point of Q4_0) replaces the signed product.
+        const U: [u8; 16] = [12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0];
+        let t = _mm256_broadcastsi128_si256(_mm_loadu_si128(U.as_ptr() as *const __m128i));
         let mut acc = [_mm256_setzero_ps(); N];
         let lanes: [__m256i; 4] = std::array::from_fn(|k| {
             let (lo, hi) = (2 * k as i32, 2 * k as i32 + 1);
@@ -691,6 +693,7 @@ mod x86 {
         });
         for (i, ab) in a.chunks_exact(4).enumerate() {
             let av: [__m256i; 4] = std::array::from_fn(|k| load_a(&ab[k]));
+            let init: [__m256i; 4] = std::array::from_fn(|k| neg_zero_sums::<O>(12, av[k]));
             let da: [__m256; 4] = std::array::from_fn(|k| _mm256_set1_ps(0.5 * ab[k].d));
             for k in 0..N {
                 let b = w[k].add(BYTES * i);
@@ -704,7 +707,7 @@ mod x86 {
                 let sc = _mm256_div_ps(e4m3, g);
                 for c in 0..4 {
                     let v = _mm256_shuffle_epi8(t, nibbles16(b.add(12 + 16 * c)));
-                    let s = O::dot_s8(v, av[c]);
+                    let s = O::dot_u8_acc(init[c], v, av[c]);
                     let scale = _mm256_mul_ps(_mm256_permutevar8x32_ps(sc, lanes[c]), da[c]);
                     acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), scale, acc[k]);
                 }

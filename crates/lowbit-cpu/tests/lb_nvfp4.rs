@@ -204,7 +204,9 @@ fn extreme_scales() {
     let mut rng = Rng(99);
     let codes: Vec<u8> = (0..rows * cols / 2).map(|_| rng.next() as u8).collect();
     let pick = [0x00u8, 0x01, 0x07, 0x08, 0x7E, 0xFE, 0x81, 0x38];
-    let scales: Vec<u8> = (0..rows * cols / 16).map(|i| pick[i % pick.len()]).collect();
+    let scales: Vec<u8> = (0..rows * cols / 16)
+        .map(|i| pick[i % pick.len()])
+        .collect();
     let ct = Nvfp4Matrix {
         rows,
         cols,
@@ -228,7 +230,10 @@ fn extreme_scales() {
         let s = row_dot_scalar(T, row, &act).unwrap();
         for isa in isas() {
             let v = row_dot_with(isa, T, row, &act).unwrap();
-            assert!((v - s).abs() <= 1e-5 * s.abs() + 1e-6, "{isa:?}: {v} vs {s}");
+            assert!(
+                (v - s).abs() <= 1e-5 * s.abs() + 1e-6,
+                "{isa:?}: {v} vs {s}"
+            );
         }
     }
 }

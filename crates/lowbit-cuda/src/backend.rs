@@ -84,6 +84,10 @@ pub enum WeightFormat {
     Q6K,
     /// f32, row-major, any K: small or odd-width matrices no other layout holds.
     F32,
+    /// lowbit's LB_NVFP4 blocks (76 bytes per 128 values: f32 global scale, 8 E4M3 scales).
+    Nvfp4,
+    /// GGML MXFP4 (17-byte blocks of 32: E8M0 exponent, E2M1 codes).
+    Mxfp4,
 }
 
 impl WeightFormat {
@@ -96,6 +100,8 @@ impl WeightFormat {
             "bf16" => Some(WeightFormat::Bf16),
             "q6k" => Some(WeightFormat::Q6K),
             "f32" => Some(WeightFormat::F32),
+            "nvfp4" => Some(WeightFormat::Nvfp4),
+            "mxfp4" => Some(WeightFormat::Mxfp4),
             _ => None,
         }
     }
@@ -109,6 +115,8 @@ impl WeightFormat {
             WeightFormat::Bf16 => "bf16",
             WeightFormat::Q6K => "q6_k",
             WeightFormat::F32 => "f32",
+            WeightFormat::Nvfp4 => "nvfp4",
+            WeightFormat::Mxfp4 => "mxfp4",
         }
     }
 
@@ -120,6 +128,8 @@ impl WeightFormat {
             WeightFormat::Q8_0 => 32,
             WeightFormat::Bf16 => 8,
             WeightFormat::F32 => 1,
+            WeightFormat::Nvfp4 => 128,
+            WeightFormat::Mxfp4 => 32,
         }
     }
 
@@ -137,6 +147,8 @@ impl WeightFormat {
             WeightFormat::Bf16 => (rows * cols * 2, 0),
             WeightFormat::Q6K => (rows * cols / 256 * 210, 0),
             WeightFormat::F32 => (rows * cols * 4, 0),
+            WeightFormat::Nvfp4 => (rows * cols / 128 * 76, 0),
+            WeightFormat::Mxfp4 => (rows * cols / 32 * 17, 0),
         }
     }
 
@@ -149,6 +161,8 @@ impl WeightFormat {
             WeightFormat::Bf16 => "gemv_bf16",
             WeightFormat::Q6K => "gemv_q6_k",
             WeightFormat::F32 => "gemv_f32",
+            WeightFormat::Nvfp4 => "gemv_nvfp4",
+            WeightFormat::Mxfp4 => "gemv_mxfp4",
         }
     }
 }
@@ -675,6 +689,16 @@ impl CudaBackend {
             WeightFormat::Q6K => {
                 let f = self.func("fill_random_q6_k")?;
                 let n = (nbytes / 210) as u64;
+                self.launch(f, cfg, |b| b.arg(&mut data).arg(&n).arg(&seed))?;
+            }
+            WeightFormat::Nvfp4 | WeightFormat::Mxfp4 => {
+                let (name, block) = if format == WeightFormat::Nvfp4 {
+                    ("fill_random_nvfp4", 76)
+                } else {
+                    ("fill_random_mxfp4", 17)
+                };
+                let f = self.func(name)?;
+                let n = (nbytes / block) as u64;
                 self.launch(f, cfg, |b| b.arg(&mut data).arg(&n).arg(&seed))?;
             }
             WeightFormat::F32 => {

@@ -2,17 +2,18 @@
 //! (Llama/Mistral, Qwen 2/3, Gemma 3: biases, q/k norms, sandwich norms, sliding windows,
 //! scaled or partial ropes, GeGLU, online Hadamard rotations).
 //!
-//! Weights are uploaded once in a layout a GEMV kernel reads directly: Q4_K, Q6_K, Q8_0 and
-//! bf16 as stored; int4 g128 checkpoints (held by the CPU loader as Q4_0 blocks with one scale
+//! Weights are uploaded once in a layout a GEMV kernel reads directly: Q4_K, Q6_K, Q8_0, MXFP4,
+//! NVFP4 (lowbit's LB_NVFP4 blocks) and bf16 as stored; int4 g128 checkpoints (held by the CPU loader as Q4_0 blocks with one scale
 //! per 128 values) as the tiled INT4 layout; every other type dequantized to f32 (exact, never
 //! rounded). [`GpuModel::formats`] says which was used. Tokens run through the network in
 //! chunks of up to [`CHUNK`] (prefill batches the GEMVs; decode is a chunk of one); K and V go to
-//! a bf16 cache; activations stay f32. The embedding row is looked up on the host (one row of
+//! a bf16 or FP8 cache ([`GpuKvCache`]); activations stay f32. The embedding row is looked up on the host (one row of
 //! any stored type per token) and uploaded with the chunk.
 
 use std::collections::BTreeMap;
 
 use cudarc::driver::{CudaSlice, LaunchConfig};
+use lowbit_cpu::attention::{KvCacheSpec, KvDtype};
 use lowbit_cpu::ops::RopeStyle;
 use lowbit_formats::GgmlType;
 use lowbit_model::arch::blocks::{FeedForward, Linear};
@@ -120,8 +121,61 @@ struct GpuLayer {
     up: GpuLinear,
     down: GpuLinear,
     down_rotation: Option<GpuHadamard>,
-    k_cache: CudaSlice<u16>,
-    v_cache: CudaSlice<u16>,
+    cache: LayerCache,
+}
+
+/// KV cache element type on the GPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GpuKvCache {
+    /// bf16 values (2 bytes per value).
+    Bf16,
+    /// FP8 E4M3 codes with one f32 scale per (position, kv head) row: absmax / 448.
+    Fp8,
+}
+
+impl GpuKvCache {
+    /// The GPU cache for a model's KV-cache setting (`--kv`, config.json `kv_cache_scheme`):
+    /// f32 and f16 become bf16 (the GPU's 16-bit cache), fp8 stays fp8; int8/int4 caches and
+    /// rotated caches run on the CPU only (an error here, not a silent change).
+    pub fn from_spec(spec: Option<KvCacheSpec>) -> Result<GpuKvCache> {
+        let Some(spec) = spec else {
+            return Ok(GpuKvCache::Bf16);
+        };
+        if spec.rotation_seed.is_some() {
+            return Err(Error::Shape(
+                "rotated KV caches (--kv-rotate) run on the CPU only".into(),
+            ));
+        }
+        match spec.dtype {
+            KvDtype::F32 | KvDtype::F16 => Ok(GpuKvCache::Bf16),
+            KvDtype::Fp8 => Ok(GpuKvCache::Fp8),
+            d => Err(Error::Shape(format!(
+                "a {} KV cache runs on the CPU only; the GPU holds bf16 (--kv f16) or fp8",
+                d.name()
+            ))),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            GpuKvCache::Bf16 => "bf16",
+            GpuKvCache::Fp8 => "fp8",
+        }
+    }
+}
+
+/// One layer's K and V: rows (kv head h, position j) at h * max_seq + j, head_dim values each.
+enum LayerCache {
+    Bf16 {
+        k: CudaSlice<u16>,
+        v: CudaSlice<u16>,
+    },
+    Fp8 {
+        k: CudaSlice<u8>,
+        v: CudaSlice<u8>,
+        k_scale: CudaSlice<f32>,
+        v_scale: CudaSlice<f32>,
+    },
 }
 
 /// Activation buffers for one chunk, allocated once (no allocation per token).
@@ -159,6 +213,7 @@ pub struct GpuModel<'b> {
     lm_head: DeviceMatrix,
     bufs: Buffers,
     proj: std::cell::RefCell<ProjectionBuffers>,
+    kv: GpuKvCache,
     max_seq: usize,
     pos: usize,
     formats: BTreeMap<String, usize>,
@@ -211,8 +266,20 @@ fn q4_0_as_int4_g128(data: &[u8], rows: usize, cols: usize) -> Option<(Vec<u8>, 
 }
 
 impl<'b> GpuModel<'b> {
-    /// Upload `t`'s weights and allocate a KV cache of `max_seq` positions.
+    /// Upload `t`'s weights and allocate a KV cache of `max_seq` positions of the type its
+    /// config asks for ([`GpuKvCache::from_spec`]).
     pub fn upload(be: &'b CudaBackend, t: &Transformer, max_seq: usize) -> Result<GpuModel<'b>> {
+        let kv = GpuKvCache::from_spec(t.config.kv_cache)?;
+        Self::upload_with_cache(be, t, max_seq, kv)
+    }
+
+    /// Upload `t`'s weights and allocate a KV cache of `max_seq` positions in `kv`.
+    pub fn upload_with_cache(
+        be: &'b CudaBackend,
+        t: &Transformer,
+        max_seq: usize,
+        kv: GpuKvCache,
+    ) -> Result<GpuModel<'b>> {
         let c = &t.config;
         if max_seq == 0 {
             return Err(Error::Shape("the KV cache needs at least one position".into()));
@@ -256,7 +323,20 @@ impl<'b> GpuModel<'b> {
                 .as_ref()
                 .map(|h| GpuHadamard::new(be, h))
                 .transpose()?;
-            let kv_len = c.num_kv_heads * max_seq * c.head_dim;
+            let kv_rows = c.num_kv_heads * max_seq;
+            let kv_len = kv_rows * c.head_dim;
+            let cache = match kv {
+                GpuKvCache::Bf16 => LayerCache::Bf16 {
+                    k: be.alloc::<u16>(kv_len)?,
+                    v: be.alloc::<u16>(kv_len)?,
+                },
+                GpuKvCache::Fp8 => LayerCache::Fp8 {
+                    k: be.alloc::<u8>(kv_len)?,
+                    v: be.alloc::<u8>(kv_len)?,
+                    k_scale: be.alloc::<f32>(kv_rows)?,
+                    v_scale: be.alloc::<f32>(kv_rows)?,
+                },
+            };
             let mut up = |lin: &Linear, bias: &Option<Vec<f32>>| {
                 upload_linear(be, lin, bias.as_deref(), &mut formats)
             };
@@ -283,8 +363,7 @@ impl<'b> GpuModel<'b> {
                 up: up(&mlp.up, &None)?,
                 down: up(&mlp.down, &None)?,
                 down_rotation,
-                k_cache: be.alloc::<u16>(kv_len)?,
-                v_cache: be.alloc::<u16>(kv_len)?,
+                cache,
             });
             if mlp.act != Activation::Silu && mlp.act != Activation::GeluTanh {
                 return Err(Error::Shape(format!(
@@ -324,10 +403,16 @@ impl<'b> GpuModel<'b> {
             lm_head,
             bufs,
             proj,
+            kv,
             max_seq,
             pos: 0,
             formats,
         })
+    }
+
+    /// The KV cache element type.
+    pub fn kv_cache(&self) -> GpuKvCache {
+        self.kv
     }
 
     /// How many matrices were uploaded in each device layout ("q4_k", "f32 (from q5_0)", ...).
@@ -430,38 +515,85 @@ impl<'b> GpuModel<'b> {
                 })?;
             }
             let (nkvi, ms) = (nkv as i32, self.max_seq as i32);
-            let f = be.func("store_kv_rows_bf16")?;
-            be.launch(f, Self::elementwise(b * nkv * hd), |a| {
-                a.arg(&bf.k)
-                    .arg(&bf.v)
-                    .arg(&mut l.k_cache)
-                    .arg(&mut l.v_cache)
-                    .arg(&bi)
-                    .arg(&nkvi)
-                    .arg(&hdi)
-                    .arg(&ms)
-                    .arg(&p0)
-            })?;
-            let f = be.func("attn_rows_bf16")?;
-            let cfg = LaunchConfig {
+            let attn_cfg = LaunchConfig {
                 grid_dim: (nh as u32, rows, 1),
                 block_dim: (128, 1, 1),
                 shared_mem_bytes: 0,
             };
             let (nhi, window) = (nh as i32, l.window.map_or(0, |w| w as i32));
-            be.launch(f, cfg, |a| {
-                a.arg(&bf.q)
-                    .arg(&l.k_cache)
-                    .arg(&l.v_cache)
-                    .arg(&mut bf.att)
-                    .arg(&nhi)
-                    .arg(&nkvi)
-                    .arg(&hdi)
-                    .arg(&ms)
-                    .arg(&p0)
-                    .arg(&l.scale)
-                    .arg(&window)
-            })?;
+            match &mut l.cache {
+                LayerCache::Bf16 { k, v } => {
+                    let f = be.func("store_kv_rows_bf16")?;
+                    be.launch(f, Self::elementwise(b * nkv * hd), |a| {
+                        a.arg(&bf.k)
+                            .arg(&bf.v)
+                            .arg(k)
+                            .arg(v)
+                            .arg(&bi)
+                            .arg(&nkvi)
+                            .arg(&hdi)
+                            .arg(&ms)
+                            .arg(&p0)
+                    })?;
+                    let f = be.func("attn_rows_bf16")?;
+                    be.launch(f, attn_cfg, |a| {
+                        a.arg(&bf.q)
+                            .arg(k)
+                            .arg(v)
+                            .arg(&mut bf.att)
+                            .arg(&nhi)
+                            .arg(&nkvi)
+                            .arg(&hdi)
+                            .arg(&ms)
+                            .arg(&p0)
+                            .arg(&l.scale)
+                            .arg(&window)
+                    })?;
+                }
+                LayerCache::Fp8 {
+                    k,
+                    v,
+                    k_scale,
+                    v_scale,
+                } => {
+                    // One warp per (token, kv head) row, 4 rows per block.
+                    let f = be.func("store_kv_rows_fp8")?;
+                    let cfg = LaunchConfig {
+                        grid_dim: (((b * nkv) as u32).div_ceil(4), 1, 1),
+                        block_dim: (128, 1, 1),
+                        shared_mem_bytes: 0,
+                    };
+                    be.launch(f, cfg, |a| {
+                        a.arg(&bf.k)
+                            .arg(&bf.v)
+                            .arg(k)
+                            .arg(v)
+                            .arg(k_scale)
+                            .arg(v_scale)
+                            .arg(&bi)
+                            .arg(&nkvi)
+                            .arg(&hdi)
+                            .arg(&ms)
+                            .arg(&p0)
+                    })?;
+                    let f = be.func("attn_rows_fp8")?;
+                    be.launch(f, attn_cfg, |a| {
+                        a.arg(&bf.q)
+                            .arg(k)
+                            .arg(v)
+                            .arg(k_scale)
+                            .arg(v_scale)
+                            .arg(&mut bf.att)
+                            .arg(&nhi)
+                            .arg(&nkvi)
+                            .arg(&hdi)
+                            .arg(&ms)
+                            .arg(&p0)
+                            .arg(&l.scale)
+                            .arg(&window)
+                    })?;
+                }
+            }
             Self::linear(be, &l.o, &bf.att, b, &mut bf.o)?;
             match &l.post_attn_norm {
                 Some(nw) => {
@@ -578,6 +710,8 @@ fn upload_linear(
         GgmlType::Q4_K => Some(WeightFormat::Q4K),
         GgmlType::Q6_K => Some(WeightFormat::Q6K),
         GgmlType::Q8_0 => Some(WeightFormat::Q8_0),
+        GgmlType::LB_NVFP4 => Some(WeightFormat::Nvfp4),
+        GgmlType::MXFP4 => Some(WeightFormat::Mxfp4),
         GgmlType::BF16 if cols % 8 == 0 => Some(WeightFormat::Bf16),
         _ => None,
     };

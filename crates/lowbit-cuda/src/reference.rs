@@ -68,6 +68,34 @@ pub fn random_matrix(
                 vals,
             )
         }
+        WeightFormat::Nvfp4 | WeightFormat::Mxfp4 => {
+            // Random codes under sane scales, decoded by lowbit-formats (the CPU reference).
+            let (ty, block, vals_per) = if format == WeightFormat::Nvfp4 {
+                (GgmlType::LB_NVFP4, 76, 128)
+            } else {
+                (GgmlType::MXFP4, 17, 32)
+            };
+            let nblocks = rows * cols / vals_per;
+            let mut bytes = vec![0u8; nblocks * block];
+            for b in bytes.chunks_exact_mut(block) {
+                for v in b.iter_mut() {
+                    *v = rng.next_u64() as u8;
+                }
+                if format == WeightFormat::Nvfp4 {
+                    let g = 0.5 + (rng.next_u64() % 4) as f32;
+                    b[..4].copy_from_slice(&g.to_le_bytes());
+                    for s in &mut b[4..12] {
+                        *s = 0x18 + (rng.next_u64() % 40) as u8; // positive, finite
+                    }
+                } else {
+                    b[0] = 118 + (rng.next_u64() % 6) as u8;
+                }
+            }
+            let mut vals = vec![0f32; rows * cols];
+            lowbit_formats::dequant::dequantize_rows(ty, &bytes, cols, &mut vals)
+                .expect("dequantize");
+            (bytes, None, vals)
+        }
         WeightFormat::F32 => {
             let v = rng.vec(rows * cols, 0.1);
             (v.iter().flat_map(|x| x.to_le_bytes()).collect(), None, v)

@@ -36,6 +36,8 @@ fn gemv_all_formats_and_batches_match_cpu() {
         WeightFormat::Bf16,
         WeightFormat::Q6K,
         WeightFormat::F32,
+        WeightFormat::Nvfp4,
+        WeightFormat::Mxfp4,
     ] {
         // (13, 172): an odd width only the f32 layout holds.
         for (rows, cols) in [(37, 512), (256, 1280), (64, 4096), (1000, 2048), (13, 172)] {

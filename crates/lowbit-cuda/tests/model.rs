@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use lowbit_cpu::hadamard::Hadamard;
-use lowbit_cuda::{CudaBackend, GpuHadamard, GpuModel};
+use lowbit_cuda::{CudaBackend, GpuHadamard, GpuKvCache, GpuModel};
 use lowbit_model::arch::blocks::FeedForward;
 use lowbit_model::config::from_hf_config;
 use lowbit_model::safetensors_dir::open_hf_dir;
@@ -87,12 +87,52 @@ fn load_golden(arch: &str) -> (Transformer, serde_json::Value, Vec<u8>) {
 /// Prefill then 4 decode steps on the GPU: against transformers' logits (unless the model was
 /// changed, `golden` = None) and against the CPU runner on the same model.
 fn check(be: &CudaBackend, name: &str, model: &Transformer, meta: &serde_json::Value, golden: Option<&[u8]>) {
+    check_with(be, name, model, meta, golden, GpuKvCache::Bf16, BOUND)
+}
+
+fn check_pair(
+    be: &CudaBackend,
+    name: &str,
+    model: &Transformer,
+    cpu_model: &Transformer,
+    meta: &serde_json::Value,
+    kv: GpuKvCache,
+    bound: f64,
+) {
+    check_full(be, name, model, cpu_model, meta, None, kv, bound)
+}
+
+fn check_with(
+    be: &CudaBackend,
+    name: &str,
+    model: &Transformer,
+    meta: &serde_json::Value,
+    golden: Option<&[u8]>,
+    kv: GpuKvCache,
+    bound: f64,
+) {
+    check_full(be, name, model, model, meta, golden, kv, bound)
+}
+
+/// `model` on the GPU against `cpu_model` on the CPU (the same model, or the same values in
+/// f32) and against transformers' logits when given.
+#[allow(clippy::too_many_arguments)]
+fn check_full(
+    be: &CudaBackend,
+    name: &str,
+    model: &Transformer,
+    cpu_model: &Transformer,
+    meta: &serde_json::Value,
+    golden: Option<&[u8]>,
+    kv: GpuKvCache,
+    bound: f64,
+) {
     let prefill = ids(meta, "prefill_ids");
     let decode = ids(meta, "decode_ids");
     let vocab = model.config.vocab_size;
     let cap = prefill.len() + decode.len();
-    let mut gpu = GpuModel::upload(be, model, cap).unwrap();
-    let mut cpu = CpuDecoder::new(model, cap);
+    let mut gpu = GpuModel::upload_with_cache(be, model, cap, kv).unwrap();
+    let mut cpu = CpuDecoder::new(cpu_model, cap);
     println!("{name}: layouts {:?}", gpu.formats());
     let st = golden.map(|g| safetensors::SafeTensors::deserialize(g).unwrap());
     let g = gpu.forward(&prefill, 0).unwrap();
@@ -106,8 +146,8 @@ fn check(be: &CudaBackend, name: &str, model: &Transformer, meta: &serde_json::V
         prefill.len(),
         fmt(e_gold)
     );
-    assert!(e_cpu < BOUND, "{name}: prefill vs CPU {e_cpu:.3e}");
-    assert!(e_gold.is_none_or(|e| e < BOUND), "{name}: prefill vs transformers");
+    assert!(e_cpu < bound, "{name}: prefill vs CPU {e_cpu:.3e}");
+    assert!(e_gold.is_none_or(|e| e < bound), "{name}: prefill vs transformers");
     for (i, &t) in decode.iter().enumerate() {
         let g = gpu.forward(&[t], 0).unwrap();
         let c = cpu.forward(&[t], 0).unwrap();
@@ -119,8 +159,8 @@ fn check(be: &CudaBackend, name: &str, model: &Transformer, meta: &serde_json::V
             "{name}: decode {i}: vs CPU {e_cpu:.2e}, vs transformers {}",
             fmt(e_gold)
         );
-        assert!(e_cpu < BOUND, "{name}: decode {i} vs CPU {e_cpu:.3e}");
-        assert!(e_gold.is_none_or(|e| e < BOUND), "{name}: decode {i} vs transformers");
+        assert!(e_cpu < bound, "{name}: decode {i} vs CPU {e_cpu:.3e}");
+        assert!(e_gold.is_none_or(|e| e < bound), "{name}: decode {i} vs transformers");
     }
     // A reset starts a new sequence: the first prefill again.
     gpu.reset();
@@ -136,6 +176,25 @@ fn golden_architectures_match_transformers_and_cpu() {
     for arch in ["llama", "llama_tied", "mistral", "qwen2", "qwen3", "gemma3"] {
         let (model, meta, golden) = load_golden(arch);
         check(&be, arch, &model, &meta, Some(&golden));
+    }
+}
+
+/// The GPU's FP8 cache is the CPU's `--kv fp8` format (E4M3, one absmax/448 scale per position
+/// and KV head): the two agree to 2e-2 (a value near a rounding boundary may round apart), and
+/// both stay within 0.15 of transformers' f32 logits on these tiny random-weight models (3
+/// mantissa bits: relative 2^-4 per cached value).
+#[test]
+fn fp8_kv_cache_matches_the_cpu_fp8_cache() {
+    let Some(be) = backend() else { return };
+    for arch in ["llama", "qwen3", "gemma3"] {
+        let (mut model, meta, golden) = load_golden(arch);
+        model.config.kv_cache = Some(lowbit_cpu::attention::KvCacheSpec {
+            dtype: lowbit_cpu::attention::KvDtype::Fp8,
+            rotation_seed: None,
+        });
+        let name = format!("{arch} fp8 KV");
+        check_with(&be, &name, &model, &meta, None, GpuKvCache::Fp8, 2e-2);
+        check_with(&be, &name, &model, &meta, Some(&golden), GpuKvCache::Fp8, 0.15);
     }
 }
 
@@ -221,4 +280,143 @@ fn stories260k_greedy_text_on_the_gpu() {
         text.starts_with(", there was a little girl named Lily. She loved to play outside in the park."),
         "{text}"
     );
+}
+
+/// A 2-layer Llama of width 256 built in memory with every projection in a different stored
+/// type, so each native GPU layout runs inside a whole model: Q4_K, Q6_K, Q8_0, MXFP4, LB_NVFP4,
+/// bf16, int4 g128 (Q4_0 blocks sharing one scale per 128 values) and a Q5_0 fallback to f32.
+/// Returns (the model, the same values stored as f32).
+fn quantized_llama() -> (Transformer, Transformer) {
+    use lowbit_formats::GgmlType as T;
+    use lowbit_model::{Backing, TensorEntry, WeightStore};
+    let (h, inter, vocab, layers) = (256usize, 512usize, 300usize, 2usize);
+    let cfg = serde_json::json!({
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+        "hidden_size": h, "intermediate_size": inter, "num_hidden_layers": layers,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": vocab,
+        "max_position_embeddings": 256, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+        "hidden_act": "silu", "tie_word_embeddings": false
+    });
+    let path = PathBuf::from("synthetic-quantized-llama");
+    let config = from_hf_config(&cfg, &path).unwrap();
+    let mut rng = lowbit_cuda::reference::Rng::new(42);
+    let mut bytes = Vec::new();
+    let mut entries = Vec::new();
+    let mut add = |name: String, dtype: T, shape: Vec<usize>, data: Vec<u8>| {
+        entries.push((name, dtype, shape, bytes.len(), data.len()));
+        bytes.extend_from_slice(&data);
+    };
+    let matrix = |ty: T, rows: usize, cols: usize, rng: &mut lowbit_cuda::reference::Rng| {
+        let scale = 1.0 / (cols as f32).sqrt();
+        match ty {
+            T::LB_NVFP4 => {
+                let f = lowbit_cuda::WeightFormat::Nvfp4;
+                lowbit_cuda::reference::random_matrix(f, rows, cols, rng).0
+            }
+            T::Q4_0 => {
+                // One f16 scale per 128 values, repeated in the four 32-value blocks.
+                let mut out = Vec::new();
+                for _ in 0..rows * cols / 128 {
+                    let d = half::f16::from_f32(scale / 6.0 * (0.5 + rng.uniform().abs()));
+                    for _ in 0..4 {
+                        out.extend_from_slice(&d.to_bits().to_le_bytes());
+                        out.extend((0..16).map(|_| rng.next_u64() as u8));
+                    }
+                }
+                out
+            }
+            _ => {
+                let v = rng.vec(rows * cols, scale * 1.7);
+                let mut out = vec![0u8; ty.byte_len(rows * cols).unwrap()];
+                lowbit_formats::quant::quantize_rows(ty, &v, cols, &mut out).unwrap();
+                out
+            }
+        }
+    };
+    let f32_bytes = |v: Vec<f32>| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    add("model.embed_tokens.weight".into(), T::F32, vec![vocab, h], f32_bytes(rng.vec(vocab * h, 1.0)));
+    add("model.norm.weight".into(), T::F32, vec![h], f32_bytes(vec![1.0; h]));
+    add("lm_head.weight".into(), T::Q8_0, vec![vocab, h], matrix(T::Q8_0, vocab, h, &mut rng));
+    let kinds = [
+        [T::Q4_K, T::Q6_K, T::Q8_0, T::MXFP4, T::LB_NVFP4, T::BF16, T::Q4_0],
+        [T::Q4_0, T::LB_NVFP4, T::MXFP4, T::Q5_0, T::Q4_K, T::Q6_K, T::BF16],
+    ];
+    for (l, kinds) in kinds.iter().enumerate().take(layers) {
+        let p = format!("model.layers.{l}.");
+        let shapes = [
+            ("self_attn.q_proj", 256, h),
+            ("self_attn.k_proj", 128, h),
+            ("self_attn.v_proj", 128, h),
+            ("self_attn.o_proj", h, 256),
+            ("mlp.gate_proj", inter, h),
+            ("mlp.up_proj", inter, h),
+            ("mlp.down_proj", h, inter),
+        ];
+        for ((name, rows, cols), &ty) in shapes.iter().zip(kinds.iter()) {
+            let data = if ty == T::BF16 {
+                rng.vec(rows * cols, 1.7 / (*cols as f32).sqrt())
+                    .iter()
+                    .flat_map(|x| half::bf16::from_f32(*x).to_bits().to_le_bytes())
+                    .collect()
+            } else {
+                matrix(ty, *rows, *cols, &mut rng)
+            };
+            add(format!("{p}{name}.weight"), ty, vec![*rows, *cols], data);
+        }
+        for n in ["input_layernorm", "post_attention_layernorm"] {
+            add(format!("{p}{n}.weight"), T::F32, vec![h], f32_bytes(vec![1.0; h]));
+        }
+    }
+    let mut store = WeightStore::new(&path);
+    let b = store.add_backing(Backing::Owned(bytes));
+    for (name, dtype, shape, offset, len) in entries {
+        let entry = TensorEntry { dtype, shape, backing: b, offset, len };
+        store.insert(name, entry).unwrap();
+    }
+    // The same values stored as f32: the CPU reference without activation quantization.
+    let mut exact = WeightStore::new(&path);
+    let mut f32_data = Vec::new();
+    let mut f32_entries = Vec::new();
+    for name in store.names() {
+        let v = store.to_f32(name).unwrap();
+        let shape = store.entry(name).unwrap().shape.clone();
+        f32_entries.push((name.to_string(), shape, f32_data.len(), v.len() * 4));
+        f32_data.extend(v.iter().flat_map(|x| x.to_le_bytes()));
+    }
+    let b = exact.add_backing(Backing::Owned(f32_data));
+    for (name, shape, offset, len) in f32_entries {
+        let entry = TensorEntry { dtype: T::F32, shape, backing: b, offset, len };
+        exact.insert(name, entry).unwrap();
+    }
+    (
+        Transformer::load(config.clone(), &store).unwrap(),
+        Transformer::load(config, &exact).unwrap(),
+    )
+}
+
+#[test]
+fn every_native_layout_runs_in_a_model_like_the_cpu() {
+    // Built and run on the CPU everywhere (CI too), so the model itself is known to be sound.
+    let (model, exact) = quantized_llama();
+    let logits = CpuDecoder::new(&model, 8).forward(&[1, 2, 3], 2).unwrap();
+    let want = CpuDecoder::new(&exact, 8).forward(&[1, 2, 3], 2).unwrap();
+    // The CPU's fused kernels quantize activations to 8 bits: close to, not equal to, f32.
+    let e = rel_l2(&logits, &want);
+    println!("quantized llama on the CPU vs its f32 copy: {e:.2e}");
+    assert!(e < 5e-2, "{e}");
+    let Some(be) = backend() else { return };
+    let gpu = GpuModel::upload(&be, &model, 64).unwrap();
+    let layouts: Vec<&str> = gpu.formats().keys().map(|s| s.as_str()).collect();
+    println!("layouts: {:?}", gpu.formats());
+    for want in ["q4_k", "q6_k", "q8_0", "mxfp4", "nvfp4", "bf16", "int4g128t", "f32 (from q5_0)"] {
+        assert!(layouts.contains(&want), "{want} not used: {layouts:?}");
+    }
+    drop(gpu);
+    let meta = serde_json::json!({
+        "prefill_ids": (0..37).map(|i| (i * 7 + 3) % 300).collect::<Vec<_>>(),
+        "decode_ids": [5, 77, 123, 299],
+    });
+    // The GPU decodes the weights exactly and keeps f32 activations: compare it with the CPU
+    // running the same values in f32.
+    check_pair(&be, "quantized llama", &model, &exact, &meta, GpuKvCache::Bf16, BOUND);
 }

@@ -124,7 +124,7 @@ impl KvCacheSpec {
         if head_dim == 0 {
             return Err(KvError("head_dim is 0".into()));
         }
-        if self.dtype == KvDtype::Q4 && head_dim % 2 != 0 {
+        if self.dtype == KvDtype::Q4 && !head_dim.is_multiple_of(2) {
             return Err(KvError(format!(
                 "a q4 KV cache packs value pairs: head_dim {head_dim} is odd"
             )));
@@ -305,18 +305,29 @@ fn fp8_as_f16(c: u8) -> u16 {
 /// E4M3 code → value.
 #[inline(always)]
 pub(crate) fn fp8_value(c: u8) -> f32 {
-    half::f16::from_bits(fp8_as_f16(c)).to_f32() * 256.0
+    f16_value(fp8_as_f16(c)) * 256.0
 }
 
+/// IEEE half → f32, exactly, in integer and f32 operations the compiler vectorizes (the scalar
+/// path has no F16C): the 15 magnitude bits placed under an f32's exponent field read as the
+/// value × 2⁻¹¹², subnormals included; infinities and NaN are patched.
 #[inline(always)]
 fn f16_value(b: u16) -> f32 {
-    half::f16::from_bits(b).to_f32()
+    let em = (b & 0x7fff) as u32;
+    let sign = ((b & 0x8000) as u32) << 16;
+    let mag = if em >= 0x7c00 {
+        0x7f80_0000 | ((em & 0x3ff) << 13)
+    } else {
+        (f32::from_bits(em << 13) * f32::from_bits(0x7780_0000)).to_bits() // × 2¹¹²
+    };
+    f32::from_bits(mag | sign)
 }
 
-/// The stored values of a row (what the cache holds, dequantized).
+/// The stored values of a row (what the cache holds, dequantized): the first `out.len()` of them
+/// (for q4 a whole number of groups, or the rest of the row).
 pub(crate) fn dequantize_row(row: Row<'_>, out: &mut [f32]) {
     match row {
-        Row::F32(v) => out.copy_from_slice(v),
+        Row::F32(v) => out.copy_from_slice(&v[..out.len()]),
         Row::F16(v) => {
             for (o, &b) in out.iter_mut().zip(v) {
                 *o = f16_value(b);
@@ -349,48 +360,47 @@ pub(crate) fn dequantize_row(row: Row<'_>, out: &mut [f32]) {
     }
 }
 
-/// `Σ q[i] · w(i)` with 16 independent lanes (so the compiler vectorizes the scalar path).
+/// `Σ q[i] · f(w[i])` with 16 independent lanes (so the compiler vectorizes the scalar path).
 #[inline(always)]
-fn lanes_dot(q: &[f32], w: impl Fn(usize) -> f32) -> f32 {
-    let n16 = q.len() / 16 * 16;
+fn lanes_dot<T: Copy>(q: &[f32], w: &[T], f: impl Fn(T) -> f32) -> f32 {
     let mut acc = [0f32; 16];
-    for c in (0..n16).step_by(16) {
-        for (l, a) in acc.iter_mut().enumerate() {
-            *a += q[c + l] * w(c + l);
+    let (qc, wc) = (q.chunks_exact(16), w.chunks_exact(16));
+    let (qr, wr) = (qc.remainder(), wc.remainder());
+    for (a, b) in qc.zip(wc) {
+        for l in 0..16 {
+            acc[l] += a[l] * f(b[l]);
         }
     }
-    let mut s: f32 = acc.iter().sum();
-    for (i, qv) in q.iter().enumerate().skip(n16) {
-        s += qv * w(i);
-    }
-    s
+    acc.iter().sum::<f32>() + qr.iter().zip(wr).map(|(a, &b)| a * f(b)).sum::<f32>()
 }
 
-/// The row kernels of the decode path.
+/// The row kernels of the decode path. Each takes one stored row and the `G` query heads that
+/// share its KV head, so the row is widened once per group.
 pub(crate) trait RowKernel {
-    /// `Σ q[i] · row[i]`.
+    /// `out[g] = Σ_i qs[g·n + i] · row[i]` for `g < out.len()` (`n` the row's length).
     ///
     /// # Safety
-    /// The CPU supports the kernel's instructions; `q` has the row's length.
-    unsafe fn dot(row: Row<'_>, q: &[f32]) -> f32;
-    /// `o[i] += a · row[i]`.
+    /// The CPU supports the kernel's instructions; `qs` holds `out.len()` rows of the row's length.
+    unsafe fn dots(row: Row<'_>, qs: &[f32], out: &mut [f32]);
+    /// `o[g·n + i] += a[g] · row[i]` for `g < a.len()`.
     ///
     /// # Safety
-    /// As [`RowKernel::dot`], with `o` of the row's length.
-    unsafe fn axpy(row: Row<'_>, a: f32, o: &mut [f32]);
+    /// As [`RowKernel::dots`], with `o` holding `a.len()` rows of the row's length.
+    unsafe fn axpys(row: Row<'_>, a: &[f32], o: &mut [f32]);
 }
 
 /// Portable kernels (the reference the SIMD ones are tested against).
 pub(crate) struct Scalar;
 
-impl RowKernel for Scalar {
+impl Scalar {
+    /// `Σ q[i] · row[i]`.
     #[inline(always)]
-    unsafe fn dot(row: Row<'_>, q: &[f32]) -> f32 {
+    fn dot(row: Row<'_>, q: &[f32]) -> f32 {
         match row {
             Row::F32(v) => crate::matmul::dot(q, v),
-            Row::F16(v) => lanes_dot(q, |i| f16_value(v[i])),
-            Row::Q8(c, s) => lanes_dot(q, |i| c[i] as f32) * s,
-            Row::Fp8(c, s) => lanes_dot(q, |i| fp8_value(c[i])) * s,
+            Row::F16(v) => lanes_dot(q, v, f16_value),
+            Row::Q8(c, s) => lanes_dot(q, c, |b| b as f32) * s,
+            Row::Fp8(c, s) => lanes_dot(q, c, fp8_value) * s,
             Row::Q4(c, scales) => {
                 let mut total = 0f32;
                 for ((qs, cs), &sb) in q.chunks(Q4_GROUP).zip(c.chunks(Q4_GROUP / 2)).zip(scales) {
@@ -407,8 +417,9 @@ impl RowKernel for Scalar {
         }
     }
 
+    /// `o[i] += a · row[i]`.
     #[inline(always)]
-    unsafe fn axpy(row: Row<'_>, a: f32, o: &mut [f32]) {
+    fn axpy(row: Row<'_>, a: f32, o: &mut [f32]) {
         match row {
             Row::F32(v) => o.iter_mut().zip(v).for_each(|(x, y)| *x += a * y),
             Row::F16(v) => o
@@ -443,6 +454,54 @@ impl RowKernel for Scalar {
     }
 }
 
+/// Values the portable kernels widen at a time (a multiple of the q4 group).
+const SCALAR_CHUNK: usize = 64;
+
+/// The portable group kernels widen each chunk of 64 stored values once into a stack buffer
+/// (simple loops the compiler vectorizes), then run f32 dot products / axpys on it for every
+/// query head.
+impl RowKernel for Scalar {
+    #[inline(always)]
+    unsafe fn dots(row: Row<'_>, qs: &[f32], out: &mut [f32]) {
+        let n = qs.len() / out.len().max(1);
+        out.iter_mut().for_each(|o| *o = 0.0);
+        let mut buf = [0f32; SCALAR_CHUNK];
+        for c0 in (0..n).step_by(SCALAR_CHUNK) {
+            let w = &mut buf[..SCALAR_CHUNK.min(n - c0)];
+            dequantize_row(skip(row, c0), w);
+            for (g, o) in out.iter_mut().enumerate() {
+                *o += crate::matmul::dot(&qs[g * n + c0..g * n + c0 + w.len()], w);
+            }
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn axpys(row: Row<'_>, a: &[f32], o: &mut [f32]) {
+        let n = o.len() / a.len().max(1);
+        let mut buf = [0f32; SCALAR_CHUNK];
+        for c0 in (0..n).step_by(SCALAR_CHUNK) {
+            let w = &mut buf[..SCALAR_CHUNK.min(n - c0)];
+            dequantize_row(skip(row, c0), w);
+            for (g, &ag) in a.iter().enumerate() {
+                let og = &mut o[g * n + c0..g * n + c0 + w.len()];
+                og.iter_mut().zip(w.iter()).for_each(|(x, y)| *x += ag * y);
+            }
+        }
+    }
+}
+
+/// The row without its first `k` values (k a multiple of 32 for q4).
+#[inline(always)]
+fn skip(row: Row<'_>, k: usize) -> Row<'_> {
+    match row {
+        Row::F32(v) => Row::F32(&v[k..]),
+        Row::F16(v) => Row::F16(&v[k..]),
+        Row::Q8(c, s) => Row::Q8(&c[k..], s),
+        Row::Fp8(c, s) => Row::Fp8(&c[k..], s),
+        Row::Q4(c, sc) => Row::Q4(&c[k / 2..], &sc[k / Q4_GROUP..]),
+    }
+}
+
 /// AVX-512F (+ F16C, AVX2) kernels: 16 stored values widened per instruction.
 #[cfg(target_arch = "x86_64")]
 pub(crate) struct Avx512;
@@ -464,7 +523,7 @@ pub(crate) fn has_avx512() -> bool {
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{f16_value, fp8_value, Avx512, Row, RowKernel, Scalar, Q4_GROUP};
+    use super::{f16_value, skip, Avx512, Row, RowKernel, Scalar, Q4_GROUP};
 
     #[inline(always)]
     unsafe fn f16x16(p: *const u16) -> __m512 {
@@ -495,126 +554,210 @@ mod x86 {
         (_mm512_cvtepi32_ps(lo), _mm512_cvtepi32_ps(hi))
     }
 
-    /// `Σ q[i]·w(i)` over the first `n16` values (a multiple of 16), two accumulators.
+    /// `Σ_i q[g·n + i]·w(i)` for each of G query rows over the first `n16` values (a multiple
+    /// of 16): each 16 stored values are widened once and used G times.
     #[inline(always)]
-    unsafe fn dot16(n16: usize, q: *const f32, w: impl Fn(usize) -> __m512) -> f32 {
-        let (mut a0, mut a1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
-        let mut i = 0;
-        while i + 32 <= n16 {
-            a0 = _mm512_fmadd_ps(w(i), _mm512_loadu_ps(q.add(i)), a0);
-            a1 = _mm512_fmadd_ps(w(i + 16), _mm512_loadu_ps(q.add(i + 16)), a1);
-            i += 32;
-        }
-        if i < n16 {
-            a0 = _mm512_fmadd_ps(w(i), _mm512_loadu_ps(q.add(i)), a0);
-        }
-        _mm512_reduce_add_ps(_mm512_add_ps(a0, a1))
-    }
-
-    /// `o[i] += a·w(i)` over the first `n16` values.
-    #[inline(always)]
-    unsafe fn axpy16(n16: usize, a: f32, o: *mut f32, w: impl Fn(usize) -> __m512) {
-        let av = _mm512_set1_ps(a);
+    unsafe fn dots16<const G: usize>(
+        n16: usize,
+        n: usize,
+        q: *const f32,
+        w: impl Fn(usize) -> __m512,
+    ) -> [f32; G] {
+        let mut acc = [_mm512_setzero_ps(); G];
         let mut i = 0;
         while i < n16 {
-            let p = o.add(i);
-            _mm512_storeu_ps(p, _mm512_fmadd_ps(w(i), av, _mm512_loadu_ps(p)));
+            let wv = w(i);
+            for (g, a) in acc.iter_mut().enumerate() {
+                *a = _mm512_fmadd_ps(wv, _mm512_loadu_ps(q.add(g * n + i)), *a);
+            }
+            i += 16;
+        }
+        let mut out = [0f32; G];
+        for g in 0..G {
+            out[g] = _mm512_reduce_add_ps(acc[g]);
+        }
+        out
+    }
+
+    /// `o[g·n + i] += a[g]·w(i)` over the first `n16` values.
+    #[inline(always)]
+    unsafe fn axpys16<const G: usize>(
+        n16: usize,
+        n: usize,
+        a: [f32; G],
+        o: *mut f32,
+        w: impl Fn(usize) -> __m512,
+    ) {
+        let mut av = [_mm512_setzero_ps(); G];
+        for g in 0..G {
+            av[g] = _mm512_set1_ps(a[g]);
+        }
+        let mut i = 0;
+        while i < n16 {
+            let wv = w(i);
+            for (g, ag) in av.iter().enumerate() {
+                let p = o.add(g * n + i);
+                _mm512_storeu_ps(p, _mm512_fmadd_ps(wv, *ag, _mm512_loadu_ps(p)));
+            }
             i += 16;
         }
     }
 
-    impl RowKernel for Avx512 {
-        #[inline(always)]
-        unsafe fn dot(row: Row<'_>, q: &[f32]) -> f32 {
-            let n = q.len();
-            let n16 = n / 16 * 16;
-            let qp = q.as_ptr();
-            match row {
-                Row::F32(v) => {
-                    let p = v.as_ptr();
-                    let s = dot16(n16, qp, |i| _mm512_loadu_ps(p.add(i)));
-                    s + (n16..n).map(|i| q[i] * v[i]).sum::<f32>()
-                }
-                Row::F16(v) => {
-                    let p = v.as_ptr();
-                    let s = dot16(n16, qp, |i| f16x16(p.add(i)));
-                    s + (n16..n).map(|i| q[i] * f16_value(v[i])).sum::<f32>()
-                }
-                Row::Q8(c, sc) => {
-                    let p = c.as_ptr();
-                    let s = dot16(n16, qp, |i| i8x16(p.add(i)));
-                    (s + (n16..n).map(|i| q[i] * c[i] as f32).sum::<f32>()) * sc
-                }
-                Row::Fp8(c, sc) => {
-                    let p = c.as_ptr();
-                    let s = dot16(n16, qp, |i| fp8x16(p.add(i)));
-                    // fp8x16 reads values × 2⁻⁸; the scalar tail reads values.
-                    (s * 256.0 + (n16..n).map(|i| q[i] * fp8_value(c[i])).sum::<f32>()) * sc
-                }
-                Row::Q4(c, scales) => {
-                    let full = n / Q4_GROUP;
-                    let mut acc = _mm512_setzero_ps();
-                    for g in 0..full {
-                        let (lo, hi) = q4x32(c.as_ptr().add(g * Q4_GROUP / 2));
-                        let qg = qp.add(g * Q4_GROUP);
+    /// [`RowKernel::dots`] for exactly G query rows.
+    #[inline(always)]
+    unsafe fn dots_g<const G: usize>(row: Row<'_>, q: &[f32], out: &mut [f32]) {
+        let n = q.len() / G;
+        let qp = q.as_ptr();
+        // Codes × `scale` are the values; `done` values are handled here, the rest by Scalar.
+        let (sums, scale, done) = match row {
+            Row::F32(v) => {
+                let p = v.as_ptr();
+                let n16 = n / 16 * 16;
+                (
+                    dots16::<G>(n16, n, qp, |i| _mm512_loadu_ps(p.add(i))),
+                    1.0,
+                    n16,
+                )
+            }
+            Row::F16(v) => {
+                let p = v.as_ptr();
+                let n16 = n / 16 * 16;
+                (dots16::<G>(n16, n, qp, |i| f16x16(p.add(i))), 1.0, n16)
+            }
+            Row::Q8(c, s) => {
+                let p = c.as_ptr();
+                let n16 = n / 16 * 16;
+                (dots16::<G>(n16, n, qp, |i| i8x16(p.add(i))), s, n16)
+            }
+            Row::Fp8(c, s) => {
+                let p = c.as_ptr();
+                let n16 = n / 16 * 16;
+                // fp8x16 reads values × 2⁻⁸.
+                (
+                    dots16::<G>(n16, n, qp, |i| fp8x16(p.add(i))),
+                    s * 256.0,
+                    n16,
+                )
+            }
+            Row::Q4(c, scales) => {
+                let full = n / Q4_GROUP;
+                let mut acc = [_mm512_setzero_ps(); G];
+                for (gr, &sb) in scales[..full].iter().enumerate() {
+                    let (lo, hi) = q4x32(c.as_ptr().add(gr * Q4_GROUP / 2));
+                    let d = _mm512_set1_ps(f16_value(sb));
+                    for (g, a) in acc.iter_mut().enumerate() {
+                        let qg = qp.add(g * n + gr * Q4_GROUP);
                         let t = _mm512_fmadd_ps(
                             hi,
                             _mm512_loadu_ps(qg.add(16)),
                             _mm512_mul_ps(lo, _mm512_loadu_ps(qg)),
                         );
-                        acc = _mm512_fmadd_ps(t, _mm512_set1_ps(f16_value(scales[g])), acc);
+                        *a = _mm512_fmadd_ps(t, d, *a);
                     }
-                    let mut s = _mm512_reduce_add_ps(acc);
-                    if full * Q4_GROUP < n {
-                        // The short last group.
-                        let d = full * Q4_GROUP;
-                        s += Scalar::dot(Row::Q4(&c[d / 2..], &scales[full..]), &q[d..]);
+                }
+                let mut sums = [0f32; G];
+                for g in 0..G {
+                    sums[g] = _mm512_reduce_add_ps(acc[g]);
+                }
+                (sums, 1.0, full * Q4_GROUP)
+            }
+        };
+        let tail = skip(row, done);
+        for g in 0..G {
+            out[g] = sums[g] * scale;
+            if done < n {
+                out[g] += Scalar::dot(tail, &q[g * n + done..(g + 1) * n]);
+            }
+        }
+    }
+
+    /// [`RowKernel::axpys`] for exactly G output rows.
+    #[inline(always)]
+    unsafe fn axpys_g<const G: usize>(row: Row<'_>, a: &[f32], o: &mut [f32]) {
+        let n = o.len() / G;
+        let op = o.as_mut_ptr();
+        let scaled = |s: f32| {
+            let mut x = [0f32; G];
+            for g in 0..G {
+                x[g] = a[g] * s;
+            }
+            x
+        };
+        let done = match row {
+            Row::F32(v) => {
+                let p = v.as_ptr();
+                let n16 = n / 16 * 16;
+                axpys16::<G>(n16, n, scaled(1.0), op, |i| _mm512_loadu_ps(p.add(i)));
+                n16
+            }
+            Row::F16(v) => {
+                let p = v.as_ptr();
+                let n16 = n / 16 * 16;
+                axpys16::<G>(n16, n, scaled(1.0), op, |i| f16x16(p.add(i)));
+                n16
+            }
+            Row::Q8(c, s) => {
+                let p = c.as_ptr();
+                let n16 = n / 16 * 16;
+                axpys16::<G>(n16, n, scaled(s), op, |i| i8x16(p.add(i)));
+                n16
+            }
+            Row::Fp8(c, s) => {
+                let p = c.as_ptr();
+                let n16 = n / 16 * 16;
+                axpys16::<G>(n16, n, scaled(s * 256.0), op, |i| fp8x16(p.add(i)));
+                n16
+            }
+            Row::Q4(c, scales) => {
+                let full = n / Q4_GROUP;
+                for (gr, &sb) in scales[..full].iter().enumerate() {
+                    let (lo, hi) = q4x32(c.as_ptr().add(gr * Q4_GROUP / 2));
+                    let d = f16_value(sb);
+                    for (g, &ag) in a[..G].iter().enumerate() {
+                        let ad = _mm512_set1_ps(ag * d);
+                        let p = op.add(g * n + gr * Q4_GROUP);
+                        _mm512_storeu_ps(p, _mm512_fmadd_ps(lo, ad, _mm512_loadu_ps(p)));
+                        let p = p.add(16);
+                        _mm512_storeu_ps(p, _mm512_fmadd_ps(hi, ad, _mm512_loadu_ps(p)));
                     }
-                    s
+                }
+                full * Q4_GROUP
+            }
+        };
+        if done < n {
+            let tail = skip(row, done);
+            for g in 0..G {
+                Scalar::axpy(tail, a[g], &mut o[g * n + done..(g + 1) * n]);
+            }
+        }
+    }
+
+    /// Query heads per pass: up to 4 (4 accumulators, or 4 output rows, per widened vector).
+    const PASS: usize = 4;
+
+    impl RowKernel for Avx512 {
+        #[inline(always)]
+        unsafe fn dots(row: Row<'_>, qs: &[f32], out: &mut [f32]) {
+            let n = qs.len() / out.len().max(1);
+            for (q, o) in qs.chunks(PASS * n).zip(out.chunks_mut(PASS)) {
+                match o.len() {
+                    1 => dots_g::<1>(row, q, o),
+                    2 => dots_g::<2>(row, q, o),
+                    3 => dots_g::<3>(row, q, o),
+                    _ => dots_g::<4>(row, q, o),
                 }
             }
         }
 
         #[inline(always)]
-        unsafe fn axpy(row: Row<'_>, a: f32, o: &mut [f32]) {
-            let n = o.len();
-            let n16 = n / 16 * 16;
-            let op = o.as_mut_ptr();
-            match row {
-                Row::F32(v) => {
-                    let p = v.as_ptr();
-                    axpy16(n16, a, op, |i| _mm512_loadu_ps(p.add(i)));
-                    Scalar::axpy(Row::F32(&v[n16..]), a, &mut o[n16..]);
-                }
-                Row::F16(v) => {
-                    let p = v.as_ptr();
-                    axpy16(n16, a, op, |i| f16x16(p.add(i)));
-                    Scalar::axpy(Row::F16(&v[n16..]), a, &mut o[n16..]);
-                }
-                Row::Q8(c, sc) => {
-                    let p = c.as_ptr();
-                    axpy16(n16, a * sc, op, |i| i8x16(p.add(i)));
-                    Scalar::axpy(Row::Q8(&c[n16..], sc), a, &mut o[n16..]);
-                }
-                Row::Fp8(c, sc) => {
-                    let p = c.as_ptr();
-                    axpy16(n16, a * sc * 256.0, op, |i| fp8x16(p.add(i)));
-                    Scalar::axpy(Row::Fp8(&c[n16..], sc), a, &mut o[n16..]);
-                }
-                Row::Q4(c, scales) => {
-                    let full = n / Q4_GROUP;
-                    for g in 0..full {
-                        let (lo, hi) = q4x32(c.as_ptr().add(g * Q4_GROUP / 2));
-                        let ad = _mm512_set1_ps(a * f16_value(scales[g]));
-                        let p = op.add(g * Q4_GROUP);
-                        _mm512_storeu_ps(p, _mm512_fmadd_ps(lo, ad, _mm512_loadu_ps(p)));
-                        let p = p.add(16);
-                        _mm512_storeu_ps(p, _mm512_fmadd_ps(hi, ad, _mm512_loadu_ps(p)));
-                    }
-                    if full * Q4_GROUP < n {
-                        let d = full * Q4_GROUP;
-                        Scalar::axpy(Row::Q4(&c[d / 2..], &scales[full..]), a, &mut o[d..]);
-                    }
+        unsafe fn axpys(row: Row<'_>, a: &[f32], o: &mut [f32]) {
+            let n = o.len() / a.len().max(1);
+            for (a, o) in a.chunks(PASS).zip(o.chunks_mut(PASS * n)) {
+                match a.len() {
+                    1 => axpys_g::<1>(row, a, o),
+                    2 => axpys_g::<2>(row, a, o),
+                    3 => axpys_g::<3>(row, a, o),
+                    _ => axpys_g::<4>(row, a, o),
                 }
             }
         }
@@ -698,6 +841,19 @@ mod tests {
 
     use proptest::prelude::*;
 
+    /// The bit-level f16 conversion is exact for every half, infinities and NaN included.
+    #[test]
+    fn f16_conversion_is_exact() {
+        for b in 0..=u16::MAX {
+            let want = half::f16::from_bits(b).to_f32();
+            let got = f16_value(b);
+            assert!(
+                got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+                "{b:#06x}: {got} vs {want}"
+            );
+        }
+    }
+
     /// The shift trick decodes every non-NaN E4M3 code exactly as the format's decoder.
     #[test]
     fn fp8_shift_decoding_is_exact() {
@@ -757,30 +913,38 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
-        /// SIMD row kernels against the scalar ones, every type, odd lengths and short q4 groups.
+        /// SIMD row kernels against the scalar ones, every type, 1-6 query heads per row (passes
+        /// of 4 and a remainder), odd lengths and short q4 groups.
         #[test]
-        fn simd_kernels_match_scalar(half_hd in 1usize..80, a in -3f32..3.0, seed in any::<u64>()) {
+        fn simd_kernels_match_scalar(half_hd in 1usize..80, group in 1usize..7, a in -3f32..3.0, seed in any::<u64>()) {
             let hd = half_hd * 2;
             if !has_avx512() {
                 return Ok(());
             }
             let x = rows(hd, 1, seed);
-            let q = rows(hd, 1, seed ^ 0x55);
+            let q = rows(hd, group, seed ^ 0x55);
+            let w: Vec<f32> = (0..group).map(|g| a + g as f32).collect();
             for dtype in KvDtype::ALL {
                 let mut st = Store::new(dtype, 1, hd);
                 st.write_row(0, hd, &x, &mut Vec::new());
                 let row = st.row(0, hd);
                 #[cfg(target_arch = "x86_64")]
-                // SAFETY: AVX-512F, F16C, AVX2 checked by has_avx512; q, o have the row's length.
+                // SAFETY: AVX-512F, F16C, AVX2 checked by has_avx512; q, o hold `group` rows.
                 unsafe {
-                    let (s, v) = (Scalar::dot(row, &q), Avx512::dot(row, &q));
-                    let mag: f32 = q.iter().zip(&x).map(|(a, b)| (a * b).abs()).sum();
-                    prop_assert!((s - v).abs() <= 1e-5 * mag + 1e-6, "{} dot {} vs {}", dtype, s, v);
+                    let (mut s, mut v) = (vec![0f32; group], vec![0f32; group]);
+                    Scalar::dots(row, &q, &mut s);
+                    Avx512::dots(row, &q, &mut v);
+                    for g in 0..group {
+                        let mag: f32 = q[g * hd..(g + 1) * hd].iter().zip(&x).map(|(a, b)| (a * b).abs()).sum();
+                        prop_assert!((s[g] - v[g]).abs() <= 1e-5 * mag + 1e-6, "{} dot {} vs {}", dtype, s[g], v[g]);
+                        let one = Scalar::dot(row, &q[g * hd..(g + 1) * hd]);
+                        prop_assert!((s[g] - one).abs() <= 1e-5 * mag + 1e-6, "{} dots {} vs dot {}", dtype, s[g], one);
+                    }
                     let (mut o1, mut o2) = (q.clone(), q.clone());
-                    Scalar::axpy(row, a, &mut o1);
-                    Avx512::axpy(row, a, &mut o2);
-                    for (u, w) in o1.iter().zip(&o2) {
-                        prop_assert!((u - w).abs() <= 1e-5 * (1.0 + u.abs()), "{} axpy {} vs {}", dtype, u, w);
+                    Scalar::axpys(row, &w, &mut o1);
+                    Avx512::axpys(row, &w, &mut o2);
+                    for (u, v) in o1.iter().zip(&o2) {
+                        prop_assert!((u - v).abs() <= 1e-5 * (1.0 + u.abs()), "{} axpy {} vs {}", dtype, u, v);
                     }
                 }
             }

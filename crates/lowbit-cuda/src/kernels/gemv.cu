@@ -5,6 +5,10 @@
 // the warp, and the activation values are re-read through L1.
 
 #define GEMV_WARPS 4
+// Blocks whose loads a lane issues together in the k-quant and FP4 GEMVs (memory parallelism).
+#ifndef GEMV_STEPS
+#define GEMV_STEPS 4
+#endif
 
 // INT4 g128, symmetric: W is u32 [N][K/8], word w of a row holds elements 8w..8w+7 with element
 // 8w+j in bits 4j..4j+3 (lowbit-formats pack order), stored as q + 8; scales are f16 [N][K/128].
@@ -308,7 +312,10 @@ INT4_STAGED_INSTANCES(7)
 INT4_STAGED_INSTANCES(8)
 
 // Q8_0 (GGML): blocks of 34 bytes, f16 d then 32 int8; rows are K/32 blocks back to back.
-// Blocks are only 2-byte aligned, so a lane reads its block as 17 u16.
+// Eight lanes share a block, four values each, so a warp covers 4 consecutive blocks (128
+// values) per step and its activation loads are one contiguous 512-byte run (coalesced; a
+// block per lane made every float4 load touch 32 separate lines). Blocks are only 2-byte
+// aligned: a lane reads its 4 codes as two u16.
 template <int B>
 __device__ __forceinline__ void gemv_q8_0(const u16* __restrict__ w, const float* __restrict__ x,
                                           float* __restrict__ y, int N, int K) {
@@ -318,28 +325,21 @@ __device__ __forceinline__ void gemv_q8_0(const u16* __restrict__ w, const float
     if (row >= N) return;
     int nblk = K >> 5;
     const u16* wr = w + (size_t)row * nblk * 17;
+    int sub = lane >> 3, g = lane & 7;  // block within the step, 4-value group within the block
     float acc[B];
 #pragma unroll
     for (int b = 0; b < B; b++) acc[b] = 0.0f;
-#pragma unroll 2
-    for (int i = lane; i < nblk; i += 32) {
+#pragma unroll 4
+    for (int i = sub; i < nblk; i += 4) {
         const u16* blk = wr + (size_t)i * 17;
         float d = f16_to_f32(__ldg(blk));
-        u32 h[16];
-#pragma unroll
-        for (int t = 0; t < 16; t++) h[t] = __ldg(blk + 1 + t);
+        u32 lo = __ldg(blk + 1 + 2 * g), hi = __ldg(blk + 2 + 2 * g);
+        float w0 = (float)(signed char)(lo & 0xFF), w1 = (float)(signed char)(lo >> 8);
+        float w2 = (float)(signed char)(hi & 0xFF), w3 = (float)(signed char)(hi >> 8);
 #pragma unroll
         for (int b = 0; b < B; b++) {
-            const float4* xb = (const float4*)(x + (size_t)b * K + (size_t)i * 32);
-            float p = 0.0f;
-#pragma unroll
-            for (int t = 0; t < 8; t++) {
-                float4 a = __ldg(xb + t);
-                u32 lo = h[2 * t], hi = h[2 * t + 1];
-                p += (float)(signed char)(lo & 0xFF) * a.x + (float)(signed char)(lo >> 8) * a.y +
-                     (float)(signed char)(hi & 0xFF) * a.z + (float)(signed char)(hi >> 8) * a.w;
-            }
-            acc[b] += d * p;
+            float4 a = __ldg((const float4*)(x + (size_t)b * K + (size_t)i * 32 + 4 * g));
+            acc[b] += d * (w0 * a.x + w1 * a.y + w2 * a.z + w3 * a.w);
         }
     }
 #pragma unroll
@@ -356,9 +356,11 @@ __device__ __forceinline__ u32 scale_byte(u32 s0, u32 s1, u32 s2, int k) {
 }
 
 // Q4_K (GGML): 144-byte blocks of 256 values: f16 d, f16 dmin, 12 bytes of 6-bit (scale, min)
-// pairs, 128 bytes of nibbles. Four lanes share a block, one 64-value chunk c each: the low
-// nibbles of qs[32c..32c+32] are sub-block 2c, the high nibbles sub-block 2c+1.
-// y = (d * sc) * q - (dmin * m). Requires K % 256 == 0.
+// pairs, 128 bytes of nibbles; the low nibbles of qs[32c..32c+32] are sub-block 2c, the high
+// nibbles sub-block 2c+1. y = (d * sc) * q - (dmin * m). A warp takes one block per step:
+// lane w reads qs word w (chunk c = w / 8, bytes 4(w % 8)..+3), i.e. values 64c + 4(w % 8)..+3
+// and 32 more, so the warp's code loads are one 128-byte run and its activation loads two
+// contiguous 512-byte runs (coalesced). Requires K % 256 == 0.
 template <int B>
 __device__ __forceinline__ void gemv_q4_k(const u8* __restrict__ w, const float* __restrict__ x,
                                           float* __restrict__ y, int N, int K) {
@@ -368,52 +370,58 @@ __device__ __forceinline__ void gemv_q4_k(const u8* __restrict__ w, const float*
     if (row >= N) return;
     int nblk = K >> 8;
     const u8* wr = w + (size_t)row * nblk * 144;
+    int c = lane >> 3, off = 64 * c + 4 * (lane & 7);
+    int j = 2 * c;  // sub-blocks j (low nibbles) and j + 1 (high nibbles)
     float acc[B];
 #pragma unroll
     for (int b = 0; b < B; b++) acc[b] = 0.0f;
-#pragma unroll 2
-    for (int idx = lane; idx < nblk * 4; idx += 32) {
-        int blk = idx >> 2, c = idx & 3;
-        const u8* bp = wr + (size_t)blk * 144;
-        uint4 head = __ldg((const uint4*)bp);  // d, dmin, scales[12]
-        uint4 q0 = __ldg((const uint4*)(bp + 16 + 32 * c));
-        uint4 q1 = __ldg((const uint4*)(bp + 32 + 32 * c));
-        float d = f16_to_f32((u16)(head.x & 0xFFFF));
-        float dmin = f16_to_f32((u16)(head.x >> 16));
-        u32 s0 = head.y, s1 = head.z, s2 = head.w;
-        int j = 2 * c;  // sub-blocks j and j + 1
-        u32 sc1, m1, sc2, m2;
-        if (j < 4) {
-            sc1 = scale_byte(s0, s1, s2, j) & 63;
-            m1 = scale_byte(s0, s1, s2, j + 4) & 63;
-            sc2 = scale_byte(s0, s1, s2, j + 1) & 63;
-            m2 = scale_byte(s0, s1, s2, j + 5) & 63;
-        } else {
-            sc1 = (scale_byte(s0, s1, s2, j + 4) & 0xF) | ((scale_byte(s0, s1, s2, j - 4) >> 6) << 4);
-            m1 = (scale_byte(s0, s1, s2, j + 4) >> 4) | ((scale_byte(s0, s1, s2, j) >> 6) << 4);
-            sc2 = (scale_byte(s0, s1, s2, j + 5) & 0xF) | ((scale_byte(s0, s1, s2, j - 3) >> 6) << 4);
-            m2 = (scale_byte(s0, s1, s2, j + 5) >> 4) | ((scale_byte(s0, s1, s2, j + 1) >> 6) << 4);
-        }
-        float d1 = d * (float)sc1, mm1 = dmin * (float)m1;
-        float d2 = d * (float)sc2, mm2 = dmin * (float)m2;
-        u32 qw[8] = {q0.x, q0.y, q0.z, q0.w, q1.x, q1.y, q1.z, q1.w};
+    // GEMV_STEPS blocks per iteration, their loads issued before any math: enough bytes in
+    // flight per warp to cover the memory latency.
+    for (int blk0 = 0; blk0 < nblk; blk0 += GEMV_STEPS) {
+        uint4 heads[GEMV_STEPS];
+        u32 wds[GEMV_STEPS];
 #pragma unroll
-        for (int b = 0; b < B; b++) {
-            const float4* xb = (const float4*)(x + (size_t)b * K + (size_t)blk * 256 + 64 * c);
-            float plo = 0.0f, phi = 0.0f, slo = 0.0f, shi = 0.0f;
-#pragma unroll
-            for (int t = 0; t < 8; t++) {
-                float4 a = __ldg(xb + t);      // values 4t..4t+3 (low nibbles)
-                float4 h = __ldg(xb + 8 + t);  // values 32+4t.. (high nibbles)
-                u32 wd = qw[t];
-                plo += nib(wd, 0, 8388608.0f) * a.x + nib(wd, 8, 8388608.0f) * a.y + nib(wd, 16, 8388608.0f) * a.z +
-                       nib(wd, 24, 8388608.0f) * a.w;
-                phi += nib(wd, 4, 8388608.0f) * h.x + nib(wd, 12, 8388608.0f) * h.y + nib(wd, 20, 8388608.0f) * h.z +
-                       nib(wd, 28, 8388608.0f) * h.w;
-                slo += a.x + a.y + a.z + a.w;
-                shi += h.x + h.y + h.z + h.w;
+        for (int u = 0; u < GEMV_STEPS; u++) {
+            if (blk0 + u < nblk) {
+                const u8* bp = wr + (size_t)(blk0 + u) * 144;
+                heads[u] = __ldg((const uint4*)bp);  // d, dmin, scales[12]
+                wds[u] = __ldg((const u32*)(bp + 16) + lane);
             }
-            acc[b] += d1 * plo - mm1 * slo + d2 * phi - mm2 * shi;
+        }
+#pragma unroll
+        for (int u = 0; u < GEMV_STEPS; u++) {
+            int blk = blk0 + u;
+            if (blk >= nblk) break;
+            uint4 head = heads[u];
+            u32 wd = wds[u];
+            float d = f16_to_f32((u16)(head.x & 0xFFFF));
+            float dmin = f16_to_f32((u16)(head.x >> 16));
+            u32 s0 = head.y, s1 = head.z, s2 = head.w;
+            u32 sc1, m1, sc2, m2;
+            if (j < 4) {
+                sc1 = scale_byte(s0, s1, s2, j) & 63;
+                m1 = scale_byte(s0, s1, s2, j + 4) & 63;
+                sc2 = scale_byte(s0, s1, s2, j + 1) & 63;
+                m2 = scale_byte(s0, s1, s2, j + 5) & 63;
+            } else {
+                sc1 = (scale_byte(s0, s1, s2, j + 4) & 0xF) | ((scale_byte(s0, s1, s2, j - 4) >> 6) << 4);
+                m1 = (scale_byte(s0, s1, s2, j + 4) >> 4) | ((scale_byte(s0, s1, s2, j) >> 6) << 4);
+                sc2 = (scale_byte(s0, s1, s2, j + 5) & 0xF) | ((scale_byte(s0, s1, s2, j - 3) >> 6) << 4);
+                m2 = (scale_byte(s0, s1, s2, j + 5) >> 4) | ((scale_byte(s0, s1, s2, j + 1) >> 6) << 4);
+            }
+            float d1 = d * (float)sc1, mm1 = dmin * (float)m1;
+            float d2 = d * (float)sc2, mm2 = dmin * (float)m2;
+#pragma unroll
+            for (int b = 0; b < B; b++) {
+                const float* xb = x + (size_t)b * K + (size_t)blk * 256 + off;
+                float4 a = __ldg((const float4*)xb), h = __ldg((const float4*)(xb + 32));
+                float plo = nib(wd, 0, 8388608.0f) * a.x + nib(wd, 8, 8388608.0f) * a.y +
+                            nib(wd, 16, 8388608.0f) * a.z + nib(wd, 24, 8388608.0f) * a.w;
+                float phi = nib(wd, 4, 8388608.0f) * h.x + nib(wd, 12, 8388608.0f) * h.y +
+                            nib(wd, 20, 8388608.0f) * h.z + nib(wd, 28, 8388608.0f) * h.w;
+                float slo = a.x + a.y + a.z + a.w, shi = h.x + h.y + h.z + h.w;
+                acc[b] += d1 * plo - mm1 * slo + d2 * phi - mm2 * shi;
+            }
         }
     }
 #pragma unroll

@@ -39,18 +39,58 @@ extern "C" __global__ void store_kv_rows_bf16(const float* __restrict__ k, const
     vc[o] = f32_to_bf16(v[idx]);
 }
 
-// Causal attention of `tokens` queries at positions pos0.. over the bf16 cache (already holding
-// positions 0..pos0+tokens). One block per (head, token); its warps take every GA_WARPS-th key,
-// keep an online softmax each, and merge at the end. Lane l holds dims l, l+32, ... (head_dim
-// up to 32 * GA_MAXD). window > 0: position p sees keys j with p - j < window.
-// q, out: [tokens][n_heads][hd]. GQA: query head h reads kv head h / (n_heads / n_kv).
+// E4M3 (FN) byte to f32 (0x7F / 0xFF are NaN in the format; weights never hold them).
+__device__ __forceinline__ float e4m3_to_f32(u32 b) {
+    u32 s = (b >> 7) & 1, e = (b >> 3) & 15, m = b & 7;
+    float v = e == 0 ? (float)m * 0.001953125f : __uint_as_float(((e + 120) << 23) | (m << 20));
+    return s ? -v : v;
+}
+
 #define GA_WARPS 4
 #define GA_MAXD 8
 #define GA_NEG_BIG (-1.0e30f)
-extern "C" __global__ void __launch_bounds__(GA_WARPS * 32)
-    attn_rows_bf16(const float* __restrict__ q, const u16* __restrict__ kc, const u16* __restrict__ vc,
-                   float* __restrict__ out, int n_heads, int n_kv, int hd, int max_seq, int pos0, float scale,
-                   int window) {
+
+// E4M3 (FN) code of v, round to nearest even, saturating at ±448. The codes are contiguous
+// across binades ((exponent + 7) << 3 | mantissa), so a mantissa rounding up to 8 carries into
+// the exponent by itself.
+__device__ __forceinline__ u32 f32_to_e4m3(float v) {
+    u32 sign = v < 0.0f ? 0x80u : 0u;
+    float a = fminf(fabsf(v), 448.0f);
+    u32 code;
+    if (a < 0.015625f) {  // below the smallest normal 2^-6: steps of 2^-9
+        code = (u32)rintf(a * 512.0f);
+    } else {
+        int e;
+        frexpf(a, &e);  // a = f * 2^e, f in [0.5, 1)
+        e -= 1;         // a = 1.m * 2^e
+        code = (u32)((e + 7) << 3) + (u32)rintf(ldexpf(a, 3 - e)) - 8u;
+    }
+    return sign | min(code, 0x7Eu);
+}
+
+// Cache element loaders: bf16 values, or E4M3 codes times one f32 scale per (position, head).
+struct CacheBf16 {
+    const u16* p;
+    __device__ __forceinline__ float at(size_t row, int i, int hd) const { return bf16_to_f32(p[row * hd + i]); }
+    __device__ __forceinline__ float scale(size_t) const { return 1.0f; }
+};
+struct CacheFp8 {
+    const u8* p;
+    const float* s;
+    __device__ __forceinline__ float at(size_t row, int i, int hd) const { return e4m3_to_f32(p[row * hd + i]); }
+    __device__ __forceinline__ float scale(size_t row) const { return s[row]; }
+};
+
+// Causal attention of `tokens` queries at positions pos0.. over the cache (already holding
+// positions 0..pos0+tokens; row (kv head h, position j) = h * max_seq + j). One block per
+// (head, token); its warps take every GA_WARPS-th key, keep an online softmax each, and merge
+// at the end. Lane l holds dims l, l+32, ... (head_dim up to 32 * GA_MAXD). window > 0:
+// position p sees keys j with p - j < window. q, out: [tokens][n_heads][hd]. GQA: query head h
+// reads kv head h / (n_heads / n_kv).
+template <typename C>
+__device__ __forceinline__ void attn_rows(const float* __restrict__ q, C kc, C vc, float* __restrict__ out,
+                                          int n_heads, int n_kv, int hd, int max_seq, int pos0, float scale,
+                                          int window) {
     PDL_ENTRY();
     __shared__ float sm_m[GA_WARPS], sm_l[GA_WARPS];
     __shared__ float sm_acc[GA_WARPS][32 * GA_MAXD];
@@ -68,23 +108,24 @@ extern "C" __global__ void __launch_bounds__(GA_WARPS * 32)
         acc[d] = 0.0f;
     }
     float m = GA_NEG_BIG, l = 0.0f;
-    const u16* kb = kc + (size_t)kvh * max_seq * hd;
-    const u16* vb = vc + (size_t)kvh * max_seq * hd;
+    size_t base = (size_t)kvh * max_seq;
     for (int j = start + warp; j <= p; j += GA_WARPS) {
+        size_t row = base + j;
         float s = 0.0f;
 #pragma unroll
         for (int d = 0; d < GA_MAXD; d++) {
             int i = lane + 32 * d;
-            if (i < hd) s += qr[d] * bf16_to_f32(kb[(size_t)j * hd + i]);
+            if (i < hd) s += qr[d] * kc.at(row, i, hd);
         }
-        s = warp_sum(s);
+        s = warp_sum(s) * kc.scale(row);
         float m_new = fmaxf(m, s);
         float corr = __expf(m - m_new), e = __expf(s - m_new);
         l = l * corr + e;
+        float ev = e * vc.scale(row);
 #pragma unroll
         for (int d = 0; d < GA_MAXD; d++) {
             int i = lane + 32 * d;
-            if (i < hd) acc[d] = acc[d] * corr + e * bf16_to_f32(vb[(size_t)j * hd + i]);
+            if (i < hd) acc[d] = acc[d] * corr + ev * vc.at(row, i, hd);
         }
         m = m_new;
     }
@@ -107,6 +148,45 @@ extern "C" __global__ void __launch_bounds__(GA_WARPS * 32)
 #pragma unroll
         for (int w = 0; w < GA_WARPS; w++) o += sm_acc[w][i] * __expf(sm_m[w] - M);
         oh[i] = L > 0.0f ? o / L : 0.0f;
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(GA_WARPS * 32)
+    attn_rows_bf16(const float* __restrict__ q, const u16* __restrict__ kc, const u16* __restrict__ vc,
+                   float* __restrict__ out, int n_heads, int n_kv, int hd, int max_seq, int pos0, float scale,
+                   int window) {
+    attn_rows<CacheBf16>(q, CacheBf16{kc}, CacheBf16{vc}, out, n_heads, n_kv, hd, max_seq, pos0, scale, window);
+}
+
+extern "C" __global__ void __launch_bounds__(GA_WARPS * 32)
+    attn_rows_fp8(const float* __restrict__ q, const u8* __restrict__ kc, const u8* __restrict__ vc,
+                  const float* __restrict__ ks, const float* __restrict__ vs, float* __restrict__ out, int n_heads,
+                  int n_kv, int hd, int max_seq, int pos0, float scale, int window) {
+    attn_rows<CacheFp8>(q, CacheFp8{kc, ks}, CacheFp8{vc, vs}, out, n_heads, n_kv, hd, max_seq, pos0, scale,
+                        window);
+}
+
+// FP8 cache store: one warp per (token, kv head) row of k ([tokens][n_kv][hd] f32) and of v:
+// scale = absmax / 448 (1 for an all-zero row), codes = e4m3(x / scale).
+extern "C" __global__ void store_kv_rows_fp8(const float* __restrict__ k, const float* __restrict__ v,
+                                             u8* __restrict__ kc, u8* __restrict__ vc, float* __restrict__ ks,
+                                             float* __restrict__ vs, int tokens, int n_kv, int hd, int max_seq,
+                                             int pos0) {
+    PDL_ENTRY();
+    int lane = threadIdx.x & 31;
+    int r = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);  // t * n_kv + h
+    if (r >= tokens * n_kv) return;
+    int t = r / n_kv, h = r % n_kv;
+    size_t row = (size_t)h * max_seq + pos0 + t;
+    for (int which = 0; which < 2; which++) {
+        const float* src = (which == 0 ? k : v) + (size_t)r * hd;
+        u8* dst = (which == 0 ? kc : vc) + row * hd;
+        float amax = 0.0f;
+        for (int i = lane; i < hd; i += 32) amax = fmaxf(amax, fabsf(src[i]));
+        amax = warp_max(amax);
+        float sc = amax > 0.0f ? amax / 448.0f : 1.0f;
+        for (int i = lane; i < hd; i += 32) dst[i] = (u8)f32_to_e4m3(src[i] / sc);
+        if (lane == 0) (which == 0 ? ks : vs)[row] = sc;
     }
 }
 
@@ -242,6 +322,129 @@ __device__ __forceinline__ void gemv_q6_k_rows(const u8* __restrict__ w, const f
     }
 }
 
+// Blocks (per lane) whose loads the FP4 GEMVs issue together, for memory parallelism.
+#ifndef FP4_STEPS
+#define FP4_STEPS 4
+#endif
+
+// FP4 (E2M1) code c to twice its value, exactly: magnitudes x2 are 0,1,2,3,4,6,8,12, packed one
+// per nibble; bit 3 is the sign. The block scales are halved to match (as llama.cpp's MXFP4).
+__device__ __forceinline__ float e2m1x2(u32 c) {
+    float m = (float)((0xC8643210u >> (4 * (c & 7))) & 0xFu);
+    return (c & 8) ? -m : m;
+}
+
+// lowbit's LB_NVFP4 blocks (lowbit-formats lb_nvfp4.rs): 76 bytes per 128 values = f32 global
+// scale, 8 E4M3 sub-scales (16 values each), 4 chunks of 16 bytes (chunk k: byte j holds value
+// 32k + j low, 32k + j + 16 high). value = e2m1 * (e4m3(sub) / global). Sixteen lanes share a
+// block, one code word each (word w: chunk k = w / 4, values 32k + 4(w % 4)..+3 and 16 more),
+// so a warp covers two blocks per step with coalesced code and activation loads. Requires
+// K % 128 == 0.
+template <int B>
+__device__ __forceinline__ void gemv_nvfp4_rows(const u8* __restrict__ w, const float* __restrict__ x,
+                                                float* __restrict__ y, int N, int K) {
+    PDL_ENTRY();
+    int lane = threadIdx.x & 31;
+    int row = blockIdx.x * 4 + (threadIdx.x >> 5);
+    if (row >= N) return;
+    int nblk = K >> 7;
+    const u32* wr = (const u32*)(w + (size_t)row * nblk * 76);
+    int half = lane >> 4, wi = lane & 15, k = wi >> 2;
+    int off = 32 * k + 4 * (wi & 3);
+    float acc[B];
+#pragma unroll
+    for (int b = 0; b < B; b++) acc[b] = 0.0f;
+    for (int i0 = half; i0 < nblk; i0 += 2 * FP4_STEPS) {
+        u32 gs[FP4_STEPS], sws[FP4_STEPS], wds[FP4_STEPS];
+#pragma unroll
+        for (int u = 0; u < FP4_STEPS; u++) {
+            int i = i0 + 2 * u;
+            if (i < nblk) {
+                const u32* bp = wr + (size_t)i * 19;
+                gs[u] = __ldg(bp);
+                sws[u] = __ldg(bp + 1 + (k >> 1));
+                wds[u] = __ldg(bp + 3 + wi);
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < FP4_STEPS; u++) {
+            int i = i0 + 2 * u;
+            if (i >= nblk) break;
+            float g = __uint_as_float(gs[u]);
+            u32 sw = sws[u] >> (16 * (k & 1));  // sub-scales 2k, 2k + 1
+            float sa = e4m3_to_f32(sw & 0xFF) / g * 0.5f, sb = e4m3_to_f32((sw >> 8) & 0xFF) / g * 0.5f;
+            u32 wd = wds[u];
+            float w0 = e2m1x2(wd), w1 = e2m1x2(wd >> 8), w2 = e2m1x2(wd >> 16), w3 = e2m1x2(wd >> 24);
+            float h0 = e2m1x2(wd >> 4), h1 = e2m1x2(wd >> 12), h2 = e2m1x2(wd >> 20), h3 = e2m1x2(wd >> 28);
+#pragma unroll
+            for (int b = 0; b < B; b++) {
+                const float* xb = x + (size_t)b * K + (size_t)i * 128 + off;
+                float4 lo = __ldg((const float4*)xb), hi = __ldg((const float4*)(xb + 16));
+                acc[b] += sa * (w0 * lo.x + w1 * lo.y + w2 * lo.z + w3 * lo.w) +
+                          sb * (h0 * hi.x + h1 * hi.y + h2 * hi.z + h3 * hi.w);
+            }
+        }
+    }
+#pragma unroll
+    for (int b = 0; b < B; b++) {
+        float v = warp_sum(acc[b]);
+        if (lane == 0) y[(size_t)b * N + row] = v;
+    }
+}
+
+// GGML MXFP4: 17 bytes per 32 values = E8M0 exponent e, 16 bytes (byte j: value j low, j + 16
+// high). value = 2^(e-128) * (2 * e2m1). Four lanes share a block (4 code bytes each: values
+// 4t..4t+3 and 16 more), eight blocks per warp step, coalesced. K % 32 == 0.
+template <int B>
+__device__ __forceinline__ void gemv_mxfp4_rows(const u8* __restrict__ w, const float* __restrict__ x,
+                                                float* __restrict__ y, int N, int K) {
+    PDL_ENTRY();
+    int lane = threadIdx.x & 31;
+    int row = blockIdx.x * 4 + (threadIdx.x >> 5);
+    if (row >= N) return;
+    int nblk = K >> 5;
+    const u8* wr = w + (size_t)row * nblk * 17;
+    int sub = lane >> 2, t = lane & 3;
+    float acc[B];
+#pragma unroll
+    for (int b = 0; b < B; b++) acc[b] = 0.0f;
+    for (int i0 = sub; i0 < nblk; i0 += 8 * FP4_STEPS) {
+        u32 es[FP4_STEPS], wds[FP4_STEPS];
+#pragma unroll
+        for (int u = 0; u < FP4_STEPS; u++) {
+            int i = i0 + 8 * u;
+            if (i < nblk) {
+                const u8* bp = wr + (size_t)i * 17;
+                const u8* q = bp + 1 + 4 * t;
+                es[u] = __ldg(bp);
+                wds[u] = (u32)__ldg(q) | ((u32)__ldg(q + 1) << 8) | ((u32)__ldg(q + 2) << 16) |
+                         ((u32)__ldg(q + 3) << 24);
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < FP4_STEPS; u++) {
+            int i = i0 + 8 * u;
+            if (i >= nblk) break;
+            u32 e = es[u], wd = wds[u];
+            float d = __uint_as_float(e < 2 ? (0x00200000u << e) : ((e - 1) << 23));
+            float w0 = e2m1x2(wd), w1 = e2m1x2(wd >> 8), w2 = e2m1x2(wd >> 16), w3 = e2m1x2(wd >> 24);
+            float h0 = e2m1x2(wd >> 4), h1 = e2m1x2(wd >> 12), h2 = e2m1x2(wd >> 20), h3 = e2m1x2(wd >> 28);
+#pragma unroll
+            for (int b = 0; b < B; b++) {
+                const float* xb = x + (size_t)b * K + (size_t)i * 32 + 4 * t;
+                float4 lo = __ldg((const float4*)xb), hi = __ldg((const float4*)(xb + 16));
+                acc[b] += d * (w0 * lo.x + w1 * lo.y + w2 * lo.z + w3 * lo.w + h0 * hi.x + h1 * hi.y +
+                               h2 * hi.z + h3 * hi.w);
+            }
+        }
+    }
+#pragma unroll
+    for (int b = 0; b < B; b++) {
+        float v = warp_sum(acc[b]);
+        if (lane == 0) y[(size_t)b * N + row] = v;
+    }
+}
+
 #define MODEL_GEMV_INSTANCES(B)                                                                       \
     extern "C" __global__ void __launch_bounds__(128) gemv_f32_b##B(const float* w, const float* x,  \
                                                                     float* y, int N, int K) {         \
@@ -250,6 +453,14 @@ __device__ __forceinline__ void gemv_q6_k_rows(const u8* __restrict__ w, const f
     extern "C" __global__ void __launch_bounds__(128) gemv_q6_k_b##B(const u8* w, const float* x,    \
                                                                      float* y, int N, int K) {        \
         gemv_q6_k_rows<B>(w, x, y, N, K);                                                             \
+    }                                                                                                 \
+    extern "C" __global__ void __launch_bounds__(128) gemv_nvfp4_b##B(const u8* w, const float* x,   \
+                                                                      float* y, int N, int K) {       \
+        gemv_nvfp4_rows<B>(w, x, y, N, K);                                                            \
+    }                                                                                                 \
+    extern "C" __global__ void __launch_bounds__(128) gemv_mxfp4_b##B(const u8* w, const float* x,   \
+                                                                      float* y, int N, int K) {       \
+        gemv_mxfp4_rows<B>(w, x, y, N, K);                                                            \
     }
 
 MODEL_GEMV_INSTANCES(1)
@@ -270,5 +481,25 @@ extern "C" __global__ void fill_random_q6_k(u8* __restrict__ p, u64 nblocks, u64
         u16 d = f32_to_f16(0.0002f + 0.0001f * unit_rand(seed, blk));
         b[208] = (u8)(d & 0xFF);
         b[209] = (u8)(d >> 8);
+    }
+}
+
+// LB_NVFP4 blocks: global scale 1, random E4M3 sub-scales in [2^-10, 2^-7), random codes.
+extern "C" __global__ void fill_random_nvfp4(u8* __restrict__ p, u64 nblocks, u64 seed) {
+    for (u64 blk = blockIdx.x * (u64)blockDim.x + threadIdx.x; blk < nblocks; blk += (u64)gridDim.x * blockDim.x) {
+        u32* b = (u32*)(p + blk * 76);
+        b[0] = 0x3f800000u;  // 1.0f
+        u8* s = (u8*)(b + 1);
+        for (int t = 0; t < 8; t++) s[t] = (u8)(0x18 + (mix64(seed + blk * 8 + t) % 24));  // e = 3..5
+        for (int t = 3; t < 19; t++) b[t] = (u32)mix64(seed * 0x9e3779b97f4a7c15ull + blk * 32 + t + 0x4f4ull);
+    }
+}
+
+// MXFP4 blocks: exponents 2^-8..2^-6 (e = 119..121 halved), random codes.
+extern "C" __global__ void fill_random_mxfp4(u8* __restrict__ p, u64 nblocks, u64 seed) {
+    for (u64 blk = blockIdx.x * (u64)blockDim.x + threadIdx.x; blk < nblocks; blk += (u64)gridDim.x * blockDim.x) {
+        u8* b = p + blk * 17;
+        b[0] = (u8)(120 + (mix64(seed + blk) % 3));
+        for (int t = 1; t < 17; t++) b[t] = (u8)mix64(seed * 0x9e3779b97f4a7c15ull + blk * 32 + t + 0x3a3ull);
     }
 }
