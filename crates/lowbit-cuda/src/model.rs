@@ -2,6 +2,8 @@
 //! (Llama/Mistral, Qwen 2/3, Gemma 3: biases, q/k norms, sandwich norms, sliding windows,
 //! scaled or partial ropes, GeGLU, online Hadamard rotations).
 //!
+//! W8A8 checkpoints quantize each linear's input rows dynamically, as on the CPU.
+//!
 //! Weights are uploaded once in a layout a GEMV kernel reads directly: Q4_K, Q6_K, Q8_0, MXFP4,
 //! NVFP4 (lowbit's LB_NVFP4 blocks) and bf16 as stored; int4 g128 checkpoints (held by the CPU loader as Q4_0 blocks with one scale
 //! per 128 values) as the tiled INT4 layout; every other type dequantized to f32 (exact, never
@@ -16,6 +18,7 @@ use cudarc::driver::{CudaSlice, LaunchConfig};
 use lowbit_cpu::attention::{KvCacheSpec, KvDtype};
 use lowbit_cpu::ops::RopeStyle;
 use lowbit_formats::GgmlType;
+use lowbit_model::arch::act_quant::ActQuant;
 use lowbit_model::arch::blocks::{FeedForward, Linear};
 use lowbit_model::config::{Activation, ModelConfig};
 use lowbit_model::{Decoder, ModelError, Transformer};
@@ -32,6 +35,8 @@ const MAX_HEAD_DIM: usize = 256;
 struct GpuLinear {
     w: DeviceMatrix,
     bias: Option<CudaSlice<f32>>,
+    /// W8A8 checkpoints: each input row is quantized dynamically first (as on the CPU).
+    act: Option<ActQuant>,
 }
 
 struct GpuRope {
@@ -190,6 +195,8 @@ struct Buffers {
     att: CudaSlice<f32>,
     o: CudaSlice<f32>,
     o_normed: CudaSlice<f32>,
+    /// Quantized copies of linear inputs (W8A8 checkpoints).
+    xq: CudaSlice<f32>,
     g: CudaSlice<f32>,
     u: CudaSlice<f32>,
     h: CudaSlice<f32>,
@@ -299,13 +306,6 @@ impl<'b> GpuModel<'b> {
                 )));
             };
             let a = &l.attn;
-            for lin in [&a.q, &a.k, &a.v, &a.o, &mlp.gate, &mlp.up, &mlp.down] {
-                if lin.act_quant.is_some() {
-                    return Err(Error::Shape(format!(
-                        "layer {i}: activation quantization (W8A8 checkpoints) does not run on the GPU yet (use --device cpu)"
-                    )));
-                }
-            }
             let rope = &a.rope;
             if rope.inv_freq.len() * 2 != rope.rot_dim || rope.rot_dim > c.head_dim {
                 return Err(Error::Shape(format!(
@@ -372,6 +372,11 @@ impl<'b> GpuModel<'b> {
                 )));
             }
         }
+        if t.lm_head.act_quant.is_some() {
+            return Err(Error::Shape(
+                "activation quantization of the output projection does not run on the GPU".into(),
+            ));
+        }
         let lm_head = upload_linear(be, &t.lm_head, None, &mut formats)?.w;
         let (h, qd, kvd, ffn) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size);
         let n = CHUNK;
@@ -386,6 +391,7 @@ impl<'b> GpuModel<'b> {
             att: be.alloc(n * qd)?,
             o: be.alloc(n * h)?,
             o_normed: be.alloc(n * h)?,
+            xq: be.alloc(n * h.max(qd).max(ffn))?,
             g: be.alloc(n * ffn)?,
             u: be.alloc(n * ffn)?,
             h: be.alloc(n * ffn)?,
@@ -443,8 +449,28 @@ impl<'b> GpuModel<'b> {
         }
     }
 
-    fn linear(be: &CudaBackend, l: &GpuLinear, x: &CudaSlice<f32>, b: usize, y: &mut CudaSlice<f32>) -> Result<()> {
-        be.gemv(&l.w, x, b, y)?;
+    fn linear(
+        be: &CudaBackend,
+        l: &GpuLinear,
+        x: &CudaSlice<f32>,
+        b: usize,
+        y: &mut CudaSlice<f32>,
+        xq: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        match l.act {
+            Some(act) => {
+                let f = be.func("act_quant_rows_f32")?;
+                let cfg = LaunchConfig {
+                    grid_dim: (b as u32, 1, 1),
+                    block_dim: (256, 1, 1),
+                    shared_mem_bytes: 0,
+                };
+                let (n, kind) = (l.w.cols as i32, (act == ActQuant::Fp8E4M3) as i32);
+                be.launch(f, cfg, |a| a.arg(x).arg(&mut *xq).arg(&n).arg(&kind))?;
+                be.gemv(&l.w, xq, b, y)?;
+            }
+            None => be.gemv(&l.w, x, b, y)?,
+        }
         if let Some(bias) = &l.bias {
             let (n, total) = (l.w.rows as i32, (b * l.w.rows) as i32);
             let f = be.func("add_bias_f32")?;
@@ -484,19 +510,19 @@ impl<'b> GpuModel<'b> {
             // q and k land in q/k directly, or in *_raw first when a per-head norm follows.
             match &l.q_norm {
                 Some(nw) => {
-                    Self::linear(be, &l.q, &bf.xn, b, &mut bf.q_raw)?;
+                    Self::linear(be, &l.q, &bf.xn, b, &mut bf.q_raw, &mut bf.xq)?;
                     be.rmsnorm(&bf.q_raw, nw, &mut bf.q, b * nh, hd, eps)?;
                 }
-                None => Self::linear(be, &l.q, &bf.xn, b, &mut bf.q)?,
+                None => Self::linear(be, &l.q, &bf.xn, b, &mut bf.q, &mut bf.xq)?,
             }
             match &l.k_norm {
                 Some(nw) => {
-                    Self::linear(be, &l.k, &bf.xn, b, &mut bf.k_raw)?;
+                    Self::linear(be, &l.k, &bf.xn, b, &mut bf.k_raw, &mut bf.xq)?;
                     be.rmsnorm(&bf.k_raw, nw, &mut bf.k, b * nkv, hd, eps)?;
                 }
-                None => Self::linear(be, &l.k, &bf.xn, b, &mut bf.k)?,
+                None => Self::linear(be, &l.k, &bf.xn, b, &mut bf.k, &mut bf.xq)?,
             }
-            Self::linear(be, &l.v, &bf.xn, b, &mut bf.v)?;
+            Self::linear(be, &l.v, &bf.xn, b, &mut bf.v, &mut bf.xq)?;
             let rope = be.func("rope_table_f32")?;
             let (bi, hdi, rh, p0) = (b as i32, hd as i32, l.rope.rot_half as i32, pos0 as i32);
             let neox = l.rope.neox as i32;
@@ -594,7 +620,7 @@ impl<'b> GpuModel<'b> {
                     })?;
                 }
             }
-            Self::linear(be, &l.o, &bf.att, b, &mut bf.o)?;
+            Self::linear(be, &l.o, &bf.att, b, &mut bf.o, &mut bf.xq)?;
             match &l.post_attn_norm {
                 Some(nw) => {
                     be.rmsnorm(&bf.o, nw, &mut bf.o_normed, b, h, eps)?;
@@ -603,8 +629,8 @@ impl<'b> GpuModel<'b> {
                 None => be.add(&mut bf.x, &bf.o, b * h)?,
             }
             be.rmsnorm(&bf.x, &l.ffn_norm, &mut bf.xn, b, h, eps)?;
-            Self::linear(be, &l.gate, &bf.xn, b, &mut bf.g)?;
-            Self::linear(be, &l.up, &bf.xn, b, &mut bf.u)?;
+            Self::linear(be, &l.gate, &bf.xn, b, &mut bf.g, &mut bf.xq)?;
+            Self::linear(be, &l.up, &bf.xn, b, &mut bf.u, &mut bf.xq)?;
             let n_ffn = (b * c.intermediate_size) as i32;
             let gelu = (c.activation == Activation::GeluTanh) as i32;
             let f = be.func("gated_act_f32")?;
@@ -614,7 +640,7 @@ impl<'b> GpuModel<'b> {
             if let Some(r) = &l.down_rotation {
                 r.apply(be, &mut bf.h, b)?;
             }
-            Self::linear(be, &l.down, &bf.h, b, &mut bf.o)?;
+            Self::linear(be, &l.down, &bf.h, b, &mut bf.o, &mut bf.xq)?;
             match &l.post_ffn_norm {
                 Some(nw) => {
                     be.rmsnorm(&bf.o, nw, &mut bf.o_normed, b, h, eps)?;
@@ -744,7 +770,11 @@ fn upload_linear(
     };
     *formats.entry(label).or_insert(0) += 1;
     let bias = bias.map(|b| be.upload(b)).transpose()?;
-    Ok(GpuLinear { w, bias })
+    Ok(GpuLinear {
+        w,
+        bias,
+        act: lin.act_quant,
+    })
 }
 
 impl Decoder for GpuModel<'_> {

@@ -214,6 +214,20 @@ fn online_rotation_runs_like_the_cpu() {
     }
 }
 
+/// W8A8 checkpoints: every linear input quantized per token (INT8 or FP8) on both devices.
+#[test]
+fn w8a8_activation_quantization_runs_like_the_cpu() {
+    use lowbit_model::arch::act_quant::ActQuant;
+    let Some(be) = backend() else { return };
+    for act in [ActQuant::Int8, ActQuant::Fp8E4M3] {
+        for arch in ["llama", "gemma3"] {
+            let (mut model, meta, _) = load_golden(arch);
+            model.set_activation_quant(Some(act)).unwrap();
+            check(&be, &format!("{arch} {}", act.name()), &model, &meta, None);
+        }
+    }
+}
+
 #[test]
 fn mixture_of_experts_is_a_clear_error() {
     let Some(be) = backend() else { return };

@@ -503,3 +503,35 @@ extern "C" __global__ void fill_random_mxfp4(u8* __restrict__ p, u64 nblocks, u6
         for (int t = 1; t < 17; t++) b[t] = (u8)mix64(seed * 0x9e3779b97f4a7c15ull + blk * 32 + t + 0x3a3ull);
     }
 }
+
+// Dynamic per-token activation quantization of W8A8 checkpoints (lowbit-model act_quant.rs),
+// quantize-then-dequantize of each row of x into y: kind 0 = INT8 (scale absmax / 127, round
+// half even, clamp to [-128, 127]), kind 1 = FP8 E4M3 (scale absmax / 448, nearest E4M3).
+// One block per row.
+extern "C" __global__ void act_quant_rows_f32(const float* __restrict__ x, float* __restrict__ y, int n, int kind) {
+    PDL_ENTRY();
+    __shared__ float part[32];
+    const float* xr = x + (size_t)blockIdx.x * n;
+    float* yr = y + (size_t)blockIdx.x * n;
+    float amax = 0.0f;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) amax = fmaxf(amax, fabsf(xr[i]));
+    amax = warp_max(amax);
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = (blockDim.x + 31) >> 5;
+    if (lane == 0) part[warp] = amax;
+    __syncthreads();
+    amax = warp_max(lane < nwarps ? part[lane] : 0.0f);
+    bool skip = !(amax > 0.0f && amax <= 3.402823466e38f);
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        float v = xr[i];
+        if (!skip) {
+            if (kind == 0) {
+                float scale = amax / 127.0f, inv = 1.0f / scale;
+                v = fminf(fmaxf(rintf(v * inv), -128.0f), 127.0f) * scale;
+            } else {
+                float scale = amax / 448.0f;
+                v = e4m3_to_f32(f32_to_e4m3(v / scale)) * scale;
+            }
+        }
+        yr[i] = v;
+    }
+}
