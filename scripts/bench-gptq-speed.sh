@@ -15,14 +15,16 @@
 #
 # Base: Gemma-3-270M, the cached Q4_K_M GGUF dequantized to f32 and saved once as an HF directory
 # (WORK/base-f32: config.json, tokenizer, model.safetensors) by transformers + gguf-py under
-# PYTHON (default python3; needs torch, transformers >= 5.23, gguf). Both tools quantize from it.
+# PYTHON (default python3; needs torch, transformers >= 5.23 (5.17 mis-converts the GGUF
+# tokenizer), gguf). Both tools quantize from it unless --lowbit-base gguf.
 # llmcompressor runs in its own venv LLMC_VENV (default $LOWBIT_CACHE/venv-llmc), created from
 # PYTHON with `pip install llmcompressor==LLMC_VERSION` (default 0.14.0.1; it pins torch <= 2.14 and
 # transformers <= 5.17, so it cannot share the lowbit venv; PyPI's torch wheel is the CUDA build,
 # which costs ~0.6 GiB RSS at `import torch` even on the CPU: the table shows that baseline).
 #
 # Calibration: the first N x L tokens of CALIB (default $LOWBIT_CACHE/bench-quality/calib.txt, the
-# tail of wikitext-2 test: 132,520 Gemma tokens, enough for 128 x 512) as lowbit cuts them:
+# tail of wikitext-2 test: 132,520 Gemma tokens, enough for 128 x 512; both tools stop with an
+# error on a text too short for N x L) as lowbit cuts them:
 # consecutive chunks of L tokens, the first token of each replaced by BOS. The helper
 # scripts/llmcompressor_gptq.py hands llmcompressor exactly those sequences, pre-tokenized, in
 # order; a check first confirms both tokenizers encode the start of CALIB identically.
@@ -66,7 +68,7 @@ case "$ACTORDER" in
 esac
 [ -x /usr/bin/time ] || { echo "bench-gptq-speed: needs /usr/bin/time (apt-get install time)" >&2; exit 1; }
 mkdir -p "$WORK"
-if [ ! -x "$LOWBIT" ]; then (cd "$ROOT" && cargo build --release -p lowbit-cli >&2); fi
+if [ ! -x "$LOWBIT" ]; then (cd "$ROOT" && cargo build --release -p lowbit >&2); fi
 if [ ! -f "$CALIB" ]; then mkdir -p "$(dirname "$CALIB")"; tail -n 2000 "$TEXT" >"$CALIB"; fi
 
 # llmcompressor's venv, once.
@@ -93,7 +95,7 @@ fi
 
 # Both tools must see the same token ids: compare their encodings of CALIB's first lines.
 head -n 12 "$CALIB" >"$WORK/tokens-check.txt"
-"$LOWBIT" run --threads "$THREADS" --model "$BASE" -n 1 --json \
+"$LOWBIT" run --threads "$THREADS" --model "$LOWBIT_MODEL" -n 1 --json \
   -p "$(cat "$WORK/tokens-check.txt")" >"$WORK/tokens-check.json" 2>/dev/null
 # `$(cat ...)` drops trailing newlines: the Python side must read the same string.
 printf '%s' "$(cat "$WORK/tokens-check.txt")" >"$WORK/tokens-check.txt.tmp"

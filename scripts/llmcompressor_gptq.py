@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
 """llm-compressor's GPTQ on a local HF model, as the baseline of issue 6's speed/memory comparison.
 
-Two subcommands (run by scripts/bench-gptq-speed.sh inside its own llmcompressor venv):
+Three subcommands, run by scripts/bench-gptq-speed.sh: `gptq` and `same-tokens` in its own
+llmcompressor venv, `base` under PYTHON (torch, gguf, transformers >= 5.23: 5.17's GGUF tokenizer
+conversion splits words into characters).
 
   base --gguf FILE --out DIR
       Dequantize a GGUF (Gemma 3) to float32 through transformers + gguf-py and save it as an HF
       directory (config.json, tokenizer files, model.safetensors): the one base both tools
       quantize from. Written to DIR.tmp, then renamed, so an interrupted run leaves nothing.
+      The GGUF's `tokenizer.ggml.add_bos_token` is carried over (transformers drops it).
 
   gptq --base DIR --calib TXT --seqs N --len L --out DIR [--threads 2] [--actorder static|none]
       llm-compressor `oneshot` with GPTQModifier(targets="Linear", scheme="W4A16",

@@ -16,8 +16,15 @@ use lowbit_model::source::load_model;
 #[derive(Args)]
 pub struct BenchArgs {
     /// Model: GGUF file, HF directory, llama2.c .bin, or hub id.
-    #[arg(short, long)]
-    model: String,
+    #[arg(short, long, required_unless_present = "synthetic")]
+    model: Option<String>,
+    /// Instead of a model file: a model of this shape with random weights built on the GPU
+    /// (llama-3-8b, qwen2.5-7b; needs --device cuda), decode measured as `gpu-bench` does.
+    #[arg(long, value_name = "NAME")]
+    synthetic: Option<String>,
+    /// Weight format of --synthetic (int4g128t, int4g128, q4_k, q6_k, q8_0, nvfp4, mxfp4, bf16).
+    #[arg(long, default_value = "int4g128t", requires = "synthetic")]
+    format: String,
     /// Prompt tokens of the pp test (0 skips it).
     #[arg(short = 'p', long = "n-prompt", default_value_t = 512)]
     prompt: usize,
@@ -90,7 +97,14 @@ pub fn run(a: BenchArgs) -> Result<()> {
     if a.prefill_int8 {
         lowbit_cpu::set_prefill_int8(true);
     }
-    let m = load_model(&a.model).with_context(|| format!("cannot load model '{}'", a.model))?;
+    if let Some(name) = &a.synthetic {
+        if a.device == "cpu" {
+            bail!("--synthetic builds its model on the GPU: add --device cuda");
+        }
+        return crate::gpu::synthetic_bench(name, &a.format, &a.device, a.gen);
+    }
+    let model_path = a.model.clone().unwrap_or_default();
+    let m = load_model(&model_path).with_context(|| format!("cannot load model '{model_path}'"))?;
     let mut model = m.transformer()?;
     a.kv.apply(&mut model)?;
     let vocab = m.config.vocab_size as u64;
@@ -150,7 +164,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
                                "tps_stddev": s.stddev, "samples": s.samples})
         };
         let j = serde_json::json!({
-            "model": a.model,
+            "model": model_path,
             "threads": threads,
             "isa": isa,
             "device": a.device,
@@ -167,7 +181,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     } else {
         println!(
             "model: {}  threads: {threads}  kernels: {isa}  reps: {}  {}",
-            a.model,
+            model_path,
             a.reps,
             crate::kv::KvArgs::describe(&model)
         );

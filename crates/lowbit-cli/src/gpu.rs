@@ -105,6 +105,21 @@ pub fn decoder<'a>(
     Ok(Box::new(g))
 }
 
+/// `lowbit bench --synthetic NAME --format F --device cuda`: the GEMV table at batch 1 and a
+/// decode of `decode_tokens` tokens, as `gpu-bench`.
+pub fn synthetic_bench(name: &str, format: &str, device: &str, decode_tokens: usize) -> Result<()> {
+    gpu_bench(GpuBenchArgs {
+        synthetic: name.to_string(),
+        format: format.to_string(),
+        device: device.to_string(),
+        batches: "1".into(),
+        decode_tokens,
+        int4_kernels: None,
+        reps: 20,
+        gemm: None,
+    })
+}
+
 pub fn gpu_bench(a: GpuBenchArgs) -> Result<()> {
     let ordinal = parse_device(&a.device)?;
     if let Some(size) = a.gemm {

@@ -1,8 +1,10 @@
 //! Effective weight bandwidth of the decode GEMV (one token) per weight type, against a plain
 //! memory read of the same number of bytes.
 //!
-//! `cargo run --release -p lowbit-cpu --example gemv_bandwidth [rows cols]` (default: Gemma-3's
-//! 262144 × 640 output matrix and a 4096 × 4096 matrix).
+//! `cargo run --release -p lowbit-cpu --example gemv_bandwidth [rows cols [copies]]` (default:
+//! Gemma-3's 262144 × 640 output matrix and a 4096 × 4096 matrix). With `copies` > 1 each timed
+//! pass cycles through that many copies of the matrix, so they stream from DRAM instead of the
+//! last-level cache (and the plain read covers the same total).
 
 use std::time::Instant;
 
@@ -32,14 +34,15 @@ fn main() {
         .skip(1)
         .filter_map(|a| a.parse().ok())
         .collect();
-    let shapes: Vec<(usize, usize)> = if args.len() == 2 {
+    let copies = args.get(2).copied().unwrap_or(1).max(1);
+    let shapes: Vec<(usize, usize)> = if args.len() >= 2 {
         vec![(args[0], args[1])]
     } else {
         vec![(262144, 640), (4096, 4096)]
     };
     for (rows, cols) in shapes {
         // Plain read of a buffer as large as the Q8_0 matrix: sum of u64 words.
-        let bytes = GgmlType::Q8_0.byte_len(cols).unwrap() * rows;
+        let bytes = GgmlType::Q8_0.byte_len(cols).unwrap() * rows * copies;
         let buf: Vec<u64> = (0..bytes / 8).map(|i| i as u64).collect();
         let t = time(5, || {
             use rayon::prelude::*;
@@ -70,23 +73,26 @@ fn main() {
             }
             let rb = t.byte_len(cols).unwrap();
             // Random-ish bytes with small f16 scales: speed does not depend on the values.
-            let mut data: Vec<u8> = (0..rows * rb)
+            let mut data: Vec<u8> = (0..rows * rb * copies)
                 .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8 & 0x77)
                 .collect();
             if t == GgmlType::MXFP4 {
                 data.iter_mut().step_by(17).for_each(|b| *b = 120);
             }
-            let w = WeightMatrix {
-                dtype: t,
-                rows,
-                cols,
-                data: &data,
-            };
+            let mats: Vec<WeightMatrix> = data
+                .chunks_exact(rows * rb)
+                .map(|d| WeightMatrix {
+                    dtype: t,
+                    rows,
+                    cols,
+                    data: d,
+                })
+                .collect();
             let x: Vec<f32> = (0..cols).map(|i| (i as f32 * 0.37).sin()).collect();
             let mut y = vec![0f32; rows];
-            let tq = time(7, || matmul(&x, w, &mut y));
-            let tf = time(3, || matmul_f32(&x, w, &mut y));
-            let mb = (rows * rb) as f64;
+            let tq = time(7, || mats.iter().for_each(|&w| matmul(&x, w, &mut y)));
+            let tf = time(3, || mats.iter().for_each(|&w| matmul_f32(&x, w, &mut y)));
+            let mb = (rows * rb * copies) as f64;
             println!(
                 "  {:7} {:7.1} MB  fused {:6.2} ms {:5.1} GB/s   f32 path {:6.2} ms {:5.1} GB/s",
                 t.name(),
