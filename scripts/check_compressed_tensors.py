@@ -39,6 +39,8 @@ def check_fp4(sd, fmt: str, scheme) -> int:
         from compressed_tensors.compressors.nvfp4.base import NVFP4PackedCompressor as C
     else:
         from compressed_tensors.compressors.mxfp4.base import MXFP4PackedCompressor as C
+    if qc["format"] == "int-quantized":
+        return check_int_quantized(sd, scheme)
     modules = sorted(k[: -len(".weight_packed")] for k in sd if k.endswith(".weight_packed"))
     worst = 0.0
     worst_rel_f32 = 0.0
@@ -79,6 +81,29 @@ def unpack_rows(words: np.ndarray, bits: int, n: int) -> np.ndarray:
     return (bitstream * (1 << np.arange(bits))).sum(axis=2).astype(np.int32)
 
 
+def check_int_quantized(sd, scheme) -> int:
+    """int-quantized (W8A8): I8 `weight` times `weight_scale`, decompressed by compressed-tensors'
+    IntQuantizationCompressor and compared to codes * scale in numpy (rounded to the scale dtype)."""
+    from compressed_tensors.compressors.naive_quantized.base import IntQuantizationCompressor
+
+    modules = sorted(k[: -len(".weight")] for k, v in sd.items() if k.endswith(".weight") and v.dtype == torch.int8)
+    worst = 0
+    for m in modules:
+        local = {k[len(m) + 1 :]: v for k, v in sd.items() if k.startswith(m + ".")}
+        ref = IntQuantizationCompressor.decompress(local, scheme)["weight"]
+        codes = local["weight"].numpy().astype(np.float32)
+        rows, cols = codes.shape
+        scale = local["weight_scale"].float().numpy()
+        groups = scale.shape[-1] if scale.ndim == 2 else 1
+        s = np.repeat(scale.reshape(rows, groups) if scale.size > 1 else np.full((rows, 1), scale.item()), cols // groups, axis=1)
+        mine_t = torch.from_numpy(codes * s.astype(np.float32)).to(ref.dtype)
+        diff = (mine_t.float() - ref.float()).abs().max().item()
+        worst = max(worst, diff)
+        print(f"{m:50s} {rows}x{cols} {str(ref.dtype):14s} max |lowbit - compressed_tensors| = {diff:.3g}")
+    print(f"{len(modules)} int-quantized modules, worst difference {worst:.3g}: {'BIT-EXACT' if worst == 0 else 'MISMATCH'}")
+    return 0 if worst == 0 and modules else 1
+
+
 def main(out_dir: str) -> int:
     cfg = json.load(open(f"{out_dir}/config.json"))
     qc = cfg["quantization_config"]
@@ -89,6 +114,8 @@ def main(out_dir: str) -> int:
     sd = load_file(f"{out_dir}/model.safetensors")
     if qc["format"] in ("nvfp4-pack-quantized", "mxfp4-pack-quantized"):
         return check_fp4(sd, qc["format"], scheme)
+    if qc["format"] == "int-quantized":
+        return check_int_quantized(sd, scheme)
     modules = sorted(k[: -len(".weight_packed")] for k in sd if k.endswith(".weight_packed"))
     if qc["format"] != "pack-quantized" or not modules:
         print(f"nothing to check: format {qc['format']}")

@@ -261,6 +261,17 @@ pub fn quantize(a: QuantizeArgs) -> Result<()> {
         lowbit_quant::smooth::check_combination(act, &quantizer)
             .with_context(|| format!("--scheme {}", a.scheme))?;
     }
+    let mut quantizer = quantizer;
+    if act == Some(lowbit_quant::smooth::ActQuant::Int8)
+        && quantizer.kind
+            == (lowbit_quant::quantizer::ElemKind::Int {
+                bits: 8,
+                asym: false,
+            })
+    {
+        // vLLM's W8A8 INT8 kernels read unpacked int8 weights (`int-quantized`).
+        quantizer.set_int_quantized()?;
+    }
     if a.smooth.is_some() && act.is_none() {
         bail!("--smooth only helps activation quantization: add --act int8|fp8");
     }

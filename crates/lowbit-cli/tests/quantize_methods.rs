@@ -153,6 +153,19 @@ fn calibrated_methods_and_activation_quantization() {
     assert_eq!(ia["strategy"], "token");
     assert_eq!(ia["type"], "int");
     assert_eq!(ia["num_bits"], 8);
+    // vLLM's W8A8 INT8 kernels read unpacked int8 weights: the int-quantized layout.
+    let qc = &cfg["quantization_config"];
+    assert_eq!(qc["format"], "int-quantized", "{qc}");
+    assert_eq!(qc["config_groups"]["group_0"]["format"], "int-quantized");
+    let st = std::fs::read(out.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&st).unwrap();
+    let (name, w) = st
+        .tensors()
+        .into_iter()
+        .find(|(n, _)| n.ends_with("mlp.down_proj.weight"))
+        .expect("an I8 down_proj weight");
+    assert_eq!(w.dtype(), safetensors::Dtype::I8, "{name}");
+    assert!(st.tensor(&name.replace(".weight", ".weight_packed")).is_err());
     let w8a8 = kld(&c.kld(&out));
     eprintln!("w8 kld {w8:.5}, w8a8 + smooth 0.5 kld {w8a8:.5}");
     assert!(w8a8 > w8 && w8a8 < 0.1, "w8 {w8}, w8a8 {w8a8}");

@@ -463,6 +463,9 @@ mod x86 {
 
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     pub(super) unsafe fn rows_vnni(job: &RowsJob<'_>, r0: usize, r1: usize, out: *mut f32) {
+        if zmm::handles(job.dtype, job.nb) {
+            return zmm::rows(job, r0, r1, out);
+        }
         rows::<Vnni>(job, r0, r1, out)
     }
 
@@ -837,6 +840,448 @@ mod x86 {
             }
         }
         hsums(acc)
+    }
+
+    /// 512-bit kernels of the 4-bit formats (Q4_0, IQ4_NL, MXFP4, LB_NVFP4, Q4_K) for AVX-512
+    /// VNNI: 64 codes per `vpdpbusd`, unpacked with one shift and one `and` (two 128-bit
+    /// broadcasts put each 16 bytes of nibbles in two lanes; lanes 2 and 3 shift by 4). The
+    /// activations of a task are rearranged once to the order of the unpacked codes, with the
+    /// zero-point start values `−z·Σa` of every pair of blocks precomputed, so the inner loop of
+    /// a row is load, unpack, one dot product, one conversion and one FMA per 64 weights; the
+    /// block scales of 8 blocks (256 weights) are gathered from the row with one word permute and
+    /// converted together, and each pair's two scales are spread over its lanes by `vpermps`.
+    /// The 256-bit kernels above did the same per 32 weights with a scalar f16 load and a
+    /// broadcast per block, which made them compute-bound on 2 cores.
+    pub(super) mod zmm {
+        use std::arch::x86_64::*;
+        use std::cell::RefCell;
+
+        use super::super::{RowsJob, KVALUES_IQ4NL, PREFETCH_BYTES};
+        use super::GROUP;
+        use crate::q8act::Q8Block;
+        use lowbit_formats::GgmlType;
+
+        #[derive(Clone, Copy, PartialEq, Eq, Debug)]
+        enum Kind {
+            Q4_0,
+            Iq4Nl,
+            Mxfp4,
+            Nvfp4,
+            Q4K,
+        }
+
+        fn kind(t: GgmlType, nb: usize) -> Option<Kind> {
+            // The block-of-32 formats go in pairs of blocks; an odd count keeps the 256-bit kernel.
+            match t {
+                GgmlType::Q4_0 if nb % 2 == 0 => Some(Kind::Q4_0),
+                GgmlType::IQ4_NL if nb % 2 == 0 => Some(Kind::Iq4Nl),
+                GgmlType::MXFP4 if nb % 2 == 0 => Some(Kind::Mxfp4),
+                GgmlType::LB_NVFP4 => Some(Kind::Nvfp4),
+                GgmlType::Q4_K => Some(Kind::Q4K),
+                _ => None,
+            }
+        }
+
+        /// Whether [`rows`] handles this type and row length.
+        pub(in super::super) fn handles(t: GgmlType, nb: usize) -> bool {
+            kind(t, nb).is_some()
+        }
+
+        /// Per-thread buffers of the rearranged activations (reused across calls).
+        #[derive(Default)]
+        struct Scratch {
+            qs: Vec<__m512i>,
+            init: Vec<__m512i>,
+            f: Vec<f32>,
+        }
+
+        thread_local! {
+            static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+        }
+
+        /// One token's rearranged activations: per pair of blocks the 64 quants and the start
+        /// values; per block `da` and `da·Σa` (padded with zeros to a multiple of 8).
+        #[derive(Clone, Copy)]
+        struct Act {
+            qs: *const __m512i,
+            init: *const __m512i,
+            da: *const f32,
+            dsum: *const f32,
+            nb: usize,
+        }
+
+        /// Rearranges the blocks of `a` into `qs`/`init` (one entry per pair) and `da`/`dsum`.
+        /// `split`: lanes [a0[0..16], a1[0..16], a0[16..32], a1[16..32]] (the order of
+        /// [`split2`]'s codes for two blocks of 32); otherwise the natural [a0, a1] (Q4_K's two
+        /// sub-blocks of one 32-byte chunk). `zero`: the offset of the unsigned codes.
+        #[inline(always)]
+        unsafe fn pack(
+            a: &[Q8Block],
+            split: bool,
+            zero: u8,
+            qs: *mut __m512i,
+            init: *mut __m512i,
+            da: *mut f32,
+            dsum: *mut f32,
+        ) {
+            let z = _mm512_set1_epi8(zero as i8);
+            for p in 0..a.len() / 2 {
+                let a0 = _mm256_loadu_si256(a[2 * p].qs.as_ptr() as *const __m256i);
+                let a1 = _mm256_loadu_si256(a[2 * p + 1].qs.as_ptr() as *const __m256i);
+                let nat = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(a0), a1);
+                // 128-bit lanes [0, 2, 1, 3].
+                let v = if split {
+                    _mm512_shuffle_i32x4::<0xD8>(nat, nat)
+                } else {
+                    nat
+                };
+                _mm512_storeu_si512(qs.add(p) as *mut _, v);
+                let zs = _mm512_dpbusd_epi32(_mm512_setzero_si512(), z, v);
+                _mm512_storeu_si512(
+                    init.add(p) as *mut _,
+                    _mm512_sub_epi32(_mm512_setzero_si512(), zs),
+                );
+            }
+            for (i, b) in a.iter().enumerate() {
+                *da.add(i) = b.d;
+                *dsum.add(i) = b.d * b.sum as f32;
+            }
+        }
+
+        /// Shift counts of the 16-bit words: 0 in lanes 0 and 1 (low nibbles), 4 in lanes 2
+        /// and 3 (high nibbles).
+        #[inline(always)]
+        unsafe fn shifts() -> __m512i {
+            _mm512_inserti64x4::<1>(_mm512_setzero_si512(), _mm256_set1_epi16(4))
+        }
+
+        /// The 4-bit codes of two blocks of 16 bytes at `p0` and `p1`, as
+        /// [p0 low nibbles, p1 low, p0 high, p1 high] (one byte per code).
+        #[inline(always)]
+        unsafe fn split2(p0: *const u8, p1: *const u8, sh: __m512i) -> __m512i {
+            let x = _mm512_broadcast_i32x4(_mm_loadu_si128(p0 as *const __m128i));
+            let x = _mm512_mask_broadcast_i32x4(x, 0xF0F0, _mm_loadu_si128(p1 as *const __m128i));
+            _mm512_and_si512(_mm512_srlv_epi16(x, sh), _mm512_set1_epi8(0x0F))
+        }
+
+        /// The same for 32 contiguous bytes (`p0 = p`, `p1 = p + 16`).
+        #[inline(always)]
+        unsafe fn split32(p: *const u8, sh: __m512i) -> __m512i {
+            let x = _mm512_broadcast_i64x4(_mm256_loadu_si256(p as *const __m256i));
+            _mm512_and_si512(_mm512_srlv_epi16(x, sh), _mm512_set1_epi8(0x0F))
+        }
+
+        /// Dword index vector: `a` in dwords 0..4, `b` in 4..8, `c` in 8..12, `d` in 12..16.
+        #[inline(always)]
+        unsafe fn idx4(a: i32, b: i32, c: i32, d: i32) -> __m512i {
+            _mm512_setr_epi32(a, a, a, a, b, b, b, b, c, c, c, c, d, d, d, d)
+        }
+
+        /// Up to 128 bytes from `p` as two vectors, `len` of them read (the rest zero): masked
+        /// loads do not touch the bytes past the row.
+        #[inline(always)]
+        unsafe fn load128(p: *const u8, len: usize, full: bool) -> (__m512i, __m512i) {
+            if full {
+                return (
+                    _mm512_loadu_si512(p as *const _),
+                    _mm512_loadu_si512(p.add(64) as *const _),
+                );
+            }
+            let m0 = if len >= 64 { !0u64 } else { (1u64 << len) - 1 };
+            let m1 = if len <= 64 {
+                0
+            } else if len >= 128 {
+                !0u64
+            } else {
+                (1u64 << (len - 64)) - 1
+            };
+            (
+                _mm512_maskz_loadu_epi8(m0, p as *const i8),
+                _mm512_maskz_loadu_epi8(m1, p.wrapping_add(64) as *const i8),
+            )
+        }
+
+        /// The 8 block scales of the 8 blocks of `bytes` bytes at `b` (`nblk` of them present,
+        /// the others 0): f16 at the start of each block (Q4_0, IQ4_NL) or E8M0 (MXFP4, halved
+        /// as [`super::super::e8m0_half`]).
+        #[inline(always)]
+        unsafe fn scales8<const FULL: bool>(kind: Kind, b: *const u8, nblk: usize) -> __m256 {
+            if kind == Kind::Mxfp4 {
+                // Byte 17k is the low (k even) or high (k odd) byte of word ⌊17k/2⌋.
+                const W: [u16; 32] = {
+                    let mut w = [0u16; 32];
+                    let mut k = 0;
+                    while k < 8 {
+                        w[k] = (17 * k / 2) as u16;
+                        k += 1;
+                    }
+                    w
+                };
+                let (l0, l1) = load128(b, 17 * nblk, FULL);
+                let w = _mm512_permutex2var_epi16(l0, _mm512_loadu_si512(W.as_ptr() as *const _), l1);
+                let w = _mm_srlv_epi16(
+                    _mm512_castsi512_si128(w),
+                    _mm_setr_epi16(0, 8, 0, 8, 0, 8, 0, 8),
+                );
+                let e = _mm256_cvtepu16_epi32(_mm_and_si128(w, _mm_set1_epi16(0xFF)));
+                // 2^(e − 128): exponent field e − 1, or the subnormals 2^-128 and 2^-127.
+                let normal = _mm256_slli_epi32::<23>(_mm256_sub_epi32(e, _mm256_set1_epi32(1)));
+                let sub = _mm256_sllv_epi32(_mm256_set1_epi32(0x0020_0000), e);
+                let small = _mm256_cmpgt_epi32(_mm256_set1_epi32(2), e);
+                _mm256_castsi256_ps(_mm256_blendv_epi8(normal, sub, small))
+            } else {
+                const W: [u16; 32] = {
+                    let mut w = [0u16; 32];
+                    let mut k = 0;
+                    while k < 8 {
+                        w[k] = (9 * k) as u16;
+                        k += 1;
+                    }
+                    w
+                };
+                let (l0, l1) = load128(b, 18 * nblk, FULL);
+                let w = _mm512_permutex2var_epi16(l0, _mm512_loadu_si512(W.as_ptr() as *const _), l1);
+                _mm256_cvtph_ps(_mm512_castsi512_si128(w))
+            }
+        }
+
+        /// Q4_0 / IQ4_NL / MXFP4: blocks of 32 with one scale, 8 blocks (`nblk` < 8 in the tail
+        /// of a row, when not `FULL`) starting at block `o`.
+        #[inline(always)]
+        unsafe fn octet<const N: usize, const FULL: bool>(
+            kind: Kind,
+            w: &[*const u8; N],
+            act: Act,
+            o: usize,
+            nblk: usize,
+            acc: &mut [__m512; N],
+            table: __m512i,
+            pidx: &[__m512i; 4],
+        ) {
+            let (bytes, off) = if kind == Kind::Mxfp4 { (17, 1) } else { (18, 2) };
+            let pairs = if FULL { 4 } else { nblk / 2 };
+            let sh = shifts();
+            let da8 = _mm256_loadu_ps(act.da.add(o));
+            for k in 0..N {
+                let b = w[k].add(bytes * o);
+                let s8 = _mm512_castps256_ps512(_mm256_mul_ps(scales8::<FULL>(kind, b, nblk), da8));
+                for p in 0..pairs {
+                    let mut q = split2(
+                        b.add(bytes * 2 * p + off),
+                        b.add(bytes * (2 * p + 1) + off),
+                        sh,
+                    );
+                    if kind != Kind::Q4_0 {
+                        q = _mm512_shuffle_epi8(table, q);
+                    }
+                    let pa = o / 2 + p;
+                    let s = _mm512_dpbusd_epi32(*act.init.add(pa), q, *act.qs.add(pa));
+                    let sc = _mm512_permutexvar_ps(pidx[p], s8);
+                    acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), sc, acc[k]);
+                }
+            }
+        }
+
+        #[inline(always)]
+        unsafe fn blocks32<const N: usize>(kind: Kind, w: [*const u8; N], act: Act) -> [f32; N] {
+            // Codes offset to be unsigned (see `zero_point`).
+            let table: [u8; 16] = match kind {
+                Kind::Iq4Nl => std::array::from_fn(|i| (KVALUES_IQ4NL[i] as i32 + 128) as u8),
+                _ => MXFP4_U,
+            };
+            let table = _mm512_broadcast_i32x4(_mm_loadu_si128(table.as_ptr() as *const __m128i));
+            let pidx: [__m512i; 4] = std::array::from_fn(|p| {
+                let (a, b) = (2 * p as i32, 2 * p as i32 + 1);
+                idx4(a, b, a, b)
+            });
+            let mut acc = [_mm512_setzero_ps(); N];
+            let mut o = 0;
+            while o + 8 <= act.nb {
+                octet::<N, true>(kind, &w, act, o, 8, &mut acc, table, &pidx);
+                o += 8;
+            }
+            if o < act.nb {
+                octet::<N, false>(kind, &w, act, o, act.nb - o, &mut acc, table, &pidx);
+            }
+            std::array::from_fn(|k| _mm512_reduce_add_ps(acc[k]))
+        }
+
+        /// Doubled E2M1 values plus 12 (0..24), as `lb_nvfp4` of the 256-bit kernels.
+        const MXFP4_U: [u8; 16] = [12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0];
+
+        /// The offset `z` of the unsigned codes (the integer sums start at `−z·Σa`).
+        fn zero_point(kind: Kind) -> u8 {
+            match kind {
+                Kind::Q4_0 => 8,
+                Kind::Iq4Nl => 128,
+                Kind::Mxfp4 | Kind::Nvfp4 => 12,
+                Kind::Q4K => 0,
+            }
+        }
+
+        /// lowbit's NVFP4 blocks of 128: the 8 E4M3 sub-scales as in the 256-bit kernel; the two
+        /// pairs of blocks of 32 are 32 contiguous bytes each.
+        #[inline(always)]
+        unsafe fn nvfp4<const N: usize>(w: [*const u8; N], act: Act) -> [f32; N] {
+            const BYTES: usize = lowbit_formats::lb_nvfp4::BLOCK_BYTES;
+            let table = _mm512_broadcast_i32x4(_mm_loadu_si128(MXFP4_U.as_ptr() as *const __m128i));
+            let sh = shifts();
+            // Sub-scale j = 2·block + half; pair p holds blocks 2p (lanes 0, 2) and 2p + 1.
+            let pidx = [idx4(0, 2, 1, 3), idx4(4, 6, 5, 7)];
+            let halves = _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3);
+            let mut acc = [_mm512_setzero_ps(); N];
+            for blk in 0..act.nb / 4 {
+                let da4 = _mm256_castps128_ps256(_mm_loadu_ps(act.da.add(4 * blk)));
+                let dd = _mm256_mul_ps(_mm256_permutevar8x32_ps(da4, halves), _mm256_set1_ps(0.5));
+                for k in 0..N {
+                    let b = w[k].add(BYTES * blk);
+                    let g = _mm256_set1_ps((b as *const f32).read_unaligned());
+                    let e = _mm_cvtepu8_epi16(_mm_loadl_epi64(b.add(4) as *const __m128i));
+                    let h = _mm_or_si128(
+                        _mm_slli_epi16::<8>(_mm_and_si128(e, _mm_set1_epi16(0x80))),
+                        _mm_slli_epi16::<7>(_mm_and_si128(e, _mm_set1_epi16(0x7F))),
+                    );
+                    let e4m3 = _mm256_mul_ps(_mm256_cvtph_ps(h), _mm256_set1_ps(256.0));
+                    let s8 = _mm256_mul_ps(_mm256_div_ps(e4m3, g), dd);
+                    let s8 = _mm512_castps256_ps512(s8);
+                    for (p, idx) in pidx.iter().enumerate() {
+                        let q = _mm512_shuffle_epi8(table, split32(b.add(12 + 32 * p), sh));
+                        let pa = 2 * blk + p;
+                        let s = _mm512_dpbusd_epi32(*act.init.add(pa), q, *act.qs.add(pa));
+                        let sc = _mm512_permutexvar_ps(*idx, s8);
+                        acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), sc, acc[k]);
+                    }
+                }
+            }
+            std::array::from_fn(|k| _mm512_reduce_add_ps(acc[k]))
+        }
+
+        /// 8 bytes as 8 f32 lanes.
+        #[inline(always)]
+        unsafe fn u8x8_to_ps(v: u64) -> __m256 {
+            _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(v as i64)))
+        }
+
+        /// Q4_K: per super-block the 8 scales `d·sc·da` as one vector (spread per pair of
+        /// sub-blocks by `vpermps`) and the mins `dmin·m·da·Σa` summed in a second accumulator.
+        #[inline(always)]
+        unsafe fn q4_k<const N: usize>(w: [*const u8; N], act: Act) -> [f32; N] {
+            let sh = shifts();
+            let pidx: [__m512i; 4] = std::array::from_fn(|c| {
+                let (a, b) = (2 * c as i32, 2 * c as i32 + 1);
+                idx4(a, a, b, b)
+            });
+            let mut acc = [_mm512_setzero_ps(); N];
+            let mut mins = [_mm256_setzero_ps(); N];
+            for sb in 0..act.nb / 8 {
+                let da8 = _mm256_loadu_ps(act.da.add(8 * sb));
+                let ds8 = _mm256_loadu_ps(act.dsum.add(8 * sb));
+                for k in 0..N {
+                    let b = w[k].add(144 * sb);
+                    // The 6-bit scales and mins (`scale_min_k4`) four bytes at a time.
+                    let s = |i: usize| (b.add(4 + 4 * i) as *const u32).read_unaligned();
+                    let (s0, s1, s2) = (s(0), s(1), s(2));
+                    let sc_hi = (s2 & 0x0F0F_0F0F) | ((s0 >> 2) & 0x3030_3030);
+                    let mn_hi = ((s2 >> 4) & 0x0F0F_0F0F) | ((s1 >> 2) & 0x3030_3030);
+                    let sc = (s0 & 0x3F3F_3F3F) as u64 | (sc_hi as u64) << 32;
+                    let mn = (s1 & 0x3F3F_3F3F) as u64 | (mn_hi as u64) << 32;
+                    let d = super::f16_splat(b);
+                    let dmin = super::f16_splat(b.add(2));
+                    let s8 = _mm256_mul_ps(_mm256_mul_ps(u8x8_to_ps(sc), d), da8);
+                    mins[k] = _mm256_fmadd_ps(_mm256_mul_ps(u8x8_to_ps(mn), dmin), ds8, mins[k]);
+                    let s8 = _mm512_castps256_ps512(s8);
+                    for (c, idx) in pidx.iter().enumerate() {
+                        let q = split32(b.add(16 + 32 * c), sh);
+                        let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, *act.qs.add(4 * sb + c));
+                        let sc = _mm512_permutexvar_ps(*idx, s8);
+                        acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), sc, acc[k]);
+                    }
+                }
+            }
+            std::array::from_fn(|k| _mm512_reduce_add_ps(acc[k]) - super::hsum(mins[k]))
+        }
+
+        #[inline(always)]
+        unsafe fn kernel<const N: usize>(kind: Kind, w: [*const u8; N], act: Act) -> [f32; N] {
+            match kind {
+                Kind::Q4K => q4_k::<N>(w, act),
+                Kind::Nvfp4 => nvfp4::<N>(w, act),
+                _ => blocks32::<N>(kind, w, act),
+            }
+        }
+
+        /// [`super::rows`] for the types of [`handles`].
+        #[inline(always)]
+        pub(in super::super) unsafe fn rows(job: &RowsJob<'_>, r0: usize, r1: usize, out: *mut f32) {
+            let kind = kind(job.dtype, job.nb).expect("checked by handles()");
+            let nb = job.nb;
+            let pairs = nb / 2;
+            let nbp = nb.next_multiple_of(8);
+            // Take the thread's buffers (a fresh set if they are in use).
+            let mut s = Scratch::default();
+            SCRATCH.with(|c| {
+                if let Ok(mut c) = c.try_borrow_mut() {
+                    std::mem::swap(&mut *c, &mut s);
+                }
+            });
+            s.qs.resize(job.tokens * pairs, std::mem::zeroed());
+            s.init.resize(job.tokens * pairs, std::mem::zeroed());
+            s.f.clear();
+            s.f.resize(job.tokens * 2 * nbp, 0.0);
+            for t in 0..job.tokens {
+                pack(
+                    job.act(t),
+                    kind != Kind::Q4K,
+                    zero_point(kind),
+                    s.qs.as_mut_ptr().add(t * pairs),
+                    s.init.as_mut_ptr().add(t * pairs),
+                    s.f.as_mut_ptr().add(2 * t * nbp),
+                    s.f.as_mut_ptr().add(2 * t * nbp + nbp),
+                );
+            }
+            let act = |t: usize| Act {
+                qs: s.qs.as_ptr().add(t * pairs),
+                init: s.init.as_ptr().add(t * pairs),
+                da: s.f.as_ptr().add(2 * t * nbp),
+                dsum: s.f.as_ptr().add(2 * t * nbp + nbp),
+                nb,
+            };
+            let pf = match PREFETCH_BYTES.load(std::sync::atomic::Ordering::Relaxed) {
+                0 => 0,
+                d => d.max(GROUP * job.row_bytes),
+            };
+            let end = job.data.as_ptr().add(r1 * job.row_bytes);
+            let mut r = r0;
+            while r + GROUP <= r1 {
+                let w: [*const u8; GROUP] = std::array::from_fn(|k| job.row(r + k).as_ptr());
+                if pf > 0 {
+                    let from = w[0].add(pf);
+                    let mut p = from;
+                    while p < from.add(GROUP * job.row_bytes) && p < end {
+                        _mm_prefetch::<_MM_HINT_T0>(p as *const i8);
+                        p = p.add(64);
+                    }
+                }
+                for t in 0..job.tokens {
+                    let v = kernel::<GROUP>(kind, w, act(t));
+                    for (k, v) in v.into_iter().enumerate() {
+                        *out.add(t * job.rows + r + k) = v;
+                    }
+                }
+                r += GROUP;
+            }
+            for r in r..r1 {
+                let w = [job.row(r).as_ptr()];
+                for t in 0..job.tokens {
+                    *out.add(t * job.rows + r) = kernel::<1>(kind, w, act(t))[0];
+                }
+            }
+            SCRATCH.with(|c| {
+                if let Ok(mut c) = c.try_borrow_mut() {
+                    *c = s;
+                }
+            });
+        }
     }
 }
 

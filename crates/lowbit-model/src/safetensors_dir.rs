@@ -807,7 +807,7 @@ fn f32_as_q8_0_exact(bytes: &[u8], cols: usize) -> Option<Vec<u8>> {
 }
 
 /// Load a compressed-tensors `model.safetensors`. Supports pack-quantized integers (1..8 bits, symmetric or with packed zero points),
-/// float-quantized FP8 E4M3 with tensor or channel scales, and NVFP4 / MXFP4
+/// int-quantized I8 weights (W8A8), float-quantized FP8 E4M3 with tensor or channel scales, and NVFP4 / MXFP4
 /// (`nvfp4-pack-quantized`, `mxfp4-pack-quantized`).
 ///
 /// Weights that a fused kernel can run stay packed (see [`open_compressed_tensors_with`]) unless
@@ -1003,6 +1003,36 @@ pub fn open_compressed_tensors_with(
                 }
             }
             out.push((format!("{module}.weight"), vec![rows, cols], vals));
+        } else if let (Some(module), "I8", true) = (
+            name.strip_suffix(".weight"),
+            t.dtype.as_str(),
+            tensors.contains_key(&format!("{}.weight_scale", name.trim_end_matches(".weight"))),
+        ) {
+            // int-quantized (vLLM's W8A8 layout): signed codes as I8 [rows, cols] times
+            // weight_scale (tensor, channel or group).
+            if t.shape.len() != 2 {
+                return Err(terr(format!(
+                    "expected a 2-D I8 weight, found {:?}",
+                    t.shape
+                )));
+            }
+            let (rows, cols) = (t.shape[0], t.shape[1]);
+            let st = &tensors[&format!("{module}.weight_scale")];
+            let scales = raw_to_f32(file, &format!("{module}.weight_scale"), st, data)?;
+            let codes = &data[t.start..t.end];
+            let mut vals = vec![0f32; rows * cols];
+            for r in 0..rows {
+                for c in 0..cols {
+                    let s = scale_at(&scales, &st.shape, rows, cols, r, c).ok_or_else(|| {
+                        terr(format!(
+                            "scale shape {:?} does not fit [{rows}, {cols}]",
+                            st.shape
+                        ))
+                    })?;
+                    vals[r * cols + c] = codes[r * cols + c] as i8 as f32 * s;
+                }
+            }
+            out.push((name.clone(), vec![rows, cols], vals));
         } else if t.dtype == "F8_E4M3" {
             let module = name
                 .strip_suffix(".weight")

@@ -68,6 +68,15 @@ fn quantized_tensors(module: &str, t: &QuantizedTensor) -> Result<Vec<StTensor>>
         scale_data.extend_from_slice(&b);
     }
     match q.kind {
+        ElemKind::Int { .. } if q.int_quantized => {
+            // int-quantized: the signed codes as I8 [rows, cols].
+            out.push(StTensor {
+                name: format!("{module}.weight"),
+                dtype: "I8",
+                shape: vec![rows, cols],
+                data: t.codes.clone(),
+            });
+        }
         ElemKind::Int { bits, asym } => {
             // Dense per-row packing of unsigned codes q + 2^(b-1), lowest bits first (the same
             // bit stream as lowbit_formats::pack).
@@ -215,6 +224,7 @@ pub fn quantization_config_for(
     act_order: bool,
 ) -> Value {
     let (num_bits, ty, symmetric, format) = match q.kind {
+        ElemKind::Int { bits, asym } if q.int_quantized => (bits, "int", !asym, "int-quantized"),
         ElemKind::Int { bits, asym } => (bits, "int", !asym, "pack-quantized"),
         ElemKind::Fp8E4M3 => (8, "float", true, "float-quantized"),
         ElemKind::Nvfp4 => (4, "float", true, "nvfp4-pack-quantized"),
@@ -425,6 +435,9 @@ pub fn quantized_specs(
     };
     let mut out = Vec::new();
     match q.kind {
+        ElemKind::Int { .. } if q.int_quantized => {
+            out.push(spec("weight", "I8", vec![rows, cols], 1));
+        }
         ElemKind::Int { bits, asym } => {
             let words = lowbit_formats::pack::packed_words(cols, bits);
             out.push(spec("weight_packed", "I32", vec![rows, words], 4));

@@ -66,6 +66,10 @@ pub struct Quantizer {
     pub scale_format: ScaleFormat,
     /// NVFP4 only: the tensor's global scale (448 · 6 / absmax), set by [`Quantizer::for_tensor`].
     pub global_scale: Option<f32>,
+    /// 8-bit symmetric integers written one code per I8 (compressed-tensors `int-quantized`,
+    /// what vLLM's W8A8 kernels read) instead of packed into I32 words (`pack-quantized`, the
+    /// weight-only layout). Set for `--act int8` checkpoints ([`Quantizer::set_int_quantized`]).
+    pub int_quantized: bool,
 }
 
 const E4M3: Minifloat = Minifloat::E4M3FN.saturating();
@@ -131,7 +135,18 @@ impl Quantizer {
             layout,
             scale_format: spec.scale_format,
             global_scale: None,
+            int_quantized: false,
         })
+    }
+
+    /// Write the weights in compressed-tensors' `int-quantized` layout (unpacked I8): only 8-bit
+    /// symmetric integers have it.
+    pub fn set_int_quantized(&mut self) -> Result<()> {
+        if self.kind != (ElemKind::Int { bits: 8, asym: false }) {
+            bail!("the int-quantized layout holds 8-bit symmetric integers only");
+        }
+        self.int_quantized = true;
+        Ok(())
     }
 
     /// The quantizer for one tensor `w`: NVFP4 gets the tensor's global scale
