@@ -165,7 +165,9 @@ fn calibrated_methods_and_activation_quantization() {
         .find(|(n, _)| n.ends_with("mlp.down_proj.weight"))
         .expect("an I8 down_proj weight");
     assert_eq!(w.dtype(), safetensors::Dtype::I8, "{name}");
-    assert!(st.tensor(&name.replace(".weight", ".weight_packed")).is_err());
+    assert!(st
+        .tensor(&name.replace(".weight", ".weight_packed"))
+        .is_err());
     let w8a8 = kld(&c.kld(&out));
     eprintln!("w8 kld {w8:.5}, w8a8 + smooth 0.5 kld {w8a8:.5}");
     assert!(w8a8 > w8 && w8a8 < 0.1, "w8 {w8}, w8a8 {w8a8}");

@@ -4,7 +4,9 @@
 //! `cargo run --release -p lowbit-cpu --example gemv_bandwidth [rows cols [copies]]` (default:
 //! Gemma-3's 262144 × 640 output matrix and a 4096 × 4096 matrix). With `copies` > 1 each timed
 //! pass cycles through that many copies of the matrix, so they stream from DRAM instead of the
-//! last-level cache (and the plain read covers the same total).
+//! last-level cache (and the plain read covers the same total). Other arguments are type names
+//! (`q4_0 lb_nvfp4 ...`) to time only those. Each line gives the fused (decode) kernel's
+//! effective weight bandwidth and its share of the plain read.
 
 use std::time::Instant;
 
@@ -35,6 +37,11 @@ fn main() {
         .filter_map(|a| a.parse().ok())
         .collect();
     let copies = args.get(2).copied().unwrap_or(1).max(1);
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a.parse::<usize>().is_err())
+        .map(|a| a.to_ascii_lowercase())
+        .collect();
     let shapes: Vec<(usize, usize)> = if args.len() >= 2 {
         vec![(args[0], args[1])]
     } else {
@@ -52,10 +59,10 @@ fn main() {
                 .reduce(|| 0, |a, b| a ^ b);
             std::hint::black_box(s);
         });
+        let plain = bytes as f64 / t / 1e9;
         println!(
-            "{rows}x{cols}: plain read {:.1} MB: {:.1} GB/s",
-            bytes as f64 / 1e6,
-            bytes as f64 / t / 1e9
+            "{rows}x{cols}: plain read {:.1} MB: {plain:.1} GB/s",
+            bytes as f64 / 1e6
         );
         drop(buf);
         for t in [
@@ -67,8 +74,11 @@ fn main() {
             GgmlType::Q6_K,
             GgmlType::IQ4_NL,
             GgmlType::MXFP4,
+            GgmlType::LB_NVFP4,
         ] {
-            if cols % t.block_size() != 0 {
+            if cols % t.block_size() != 0
+                || !(only.is_empty() || only.iter().any(|o| o == t.name()))
+            {
                 continue;
             }
             let rb = t.byte_len(cols).unwrap();
@@ -78,6 +88,12 @@ fn main() {
                 .collect();
             if t == GgmlType::MXFP4 {
                 data.iter_mut().step_by(17).for_each(|b| *b = 120);
+            }
+            if t == GgmlType::LB_NVFP4 {
+                // A global scale of 1 at the start of every block.
+                for b in data.chunks_exact_mut(rb / (cols / t.block_size())) {
+                    b[..4].copy_from_slice(&1f32.to_le_bytes());
+                }
             }
             let mats: Vec<WeightMatrix> = data
                 .chunks_exact(rows * rb)
@@ -94,11 +110,12 @@ fn main() {
             let tf = time(3, || mats.iter().for_each(|&w| matmul_f32(&x, w, &mut y)));
             let mb = (rows * rb * copies) as f64;
             println!(
-                "  {:7} {:7.1} MB  fused {:6.2} ms {:5.1} GB/s   f32 path {:6.2} ms {:5.1} GB/s",
+                "  {:8} {:7.1} MB  fused {:6.2} ms {:5.1} GB/s ({:3.0}%)   f32 path {:6.2} ms {:5.1} GB/s",
                 t.name(),
                 mb / 1e6,
                 tq * 1e3,
                 mb / tq / 1e9,
+                100.0 * mb / tq / 1e9 / plain,
                 tf * 1e3,
                 mb / tf / 1e9
             );

@@ -884,7 +884,10 @@ mod x86 {
 
         /// Whether [`rows`] handles this type and row length.
         pub(in super::super) fn handles(t: GgmlType, nb: usize) -> bool {
-            kind(t, nb).is_some()
+            // `LOWBIT_GEMV512=0` keeps the 256-bit kernels (A/B timing of the decode).
+            static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+            let on = *ON.get_or_init(|| std::env::var("LOWBIT_GEMV512").map_or(true, |v| v != "0"));
+            on && kind(t, nb).is_some()
         }
 
         /// Per-thread buffers of the rearranged activations (reused across calls).
@@ -913,18 +916,17 @@ mod x86 {
         /// Rearranges the blocks of `a` into `qs`/`init` (one entry per pair) and `da`/`dsum`.
         /// `split`: lanes [a0[0..16], a1[0..16], a0[16..32], a1[16..32]] (the order of
         /// [`split2`]'s codes for two blocks of 32); otherwise the natural [a0, a1] (Q4_K's two
-        /// sub-blocks of one 32-byte chunk). `zero`: the offset of the unsigned codes.
+        /// sub-blocks of one 32-byte chunk). `z`: the offset of the unsigned codes per byte lane.
         #[inline(always)]
         unsafe fn pack(
             a: &[Q8Block],
             split: bool,
-            zero: u8,
+            z: __m512i,
             qs: *mut __m512i,
             init: *mut __m512i,
             da: *mut f32,
             dsum: *mut f32,
         ) {
-            let z = _mm512_set1_epi8(zero as i8);
             for p in 0..a.len() / 2 {
                 let a0 = _mm256_loadu_si256(a[2 * p].qs.as_ptr() as *const __m256i);
                 let a1 = _mm256_loadu_si256(a[2 * p + 1].qs.as_ptr() as *const __m256i);
@@ -955,20 +957,49 @@ mod x86 {
             _mm512_inserti64x4::<1>(_mm512_setzero_si512(), _mm256_set1_epi16(4))
         }
 
-        /// The 4-bit codes of two blocks of 16 bytes at `p0` and `p1`, as
-        /// [p0 low nibbles, p1 low, p0 high, p1 high] (one byte per code).
+        /// The high nibbles left in place (`x & 0xF0`, 16 times the code) in lanes 2 and 3:
+        /// one `and` and no shift. Their integer sums are then 16 times too large, which
+        /// [`hi16_factors`] undoes at the end (exact: a power of two). Only for formats whose codes are
+        /// used as they are (no table lookup), where `16·15 = 240` still fits the unsigned byte.
         #[inline(always)]
-        unsafe fn split2(p0: *const u8, p1: *const u8, sh: __m512i) -> __m512i {
+        unsafe fn nibble_mask(hi16: bool) -> __m512i {
+            if hi16 {
+                _mm512_inserti64x4::<1>(_mm512_set1_epi8(0x0F), _mm256_set1_epi8(0xF0u8 as i8))
+            } else {
+                _mm512_set1_epi8(0x0F)
+            }
+        }
+
+        /// Per-lane factors of the float accumulators when `hi16`: 1 for lanes 0..8, 1/16 for
+        /// lanes 8..16 (the high nibbles of [`nibble_mask`]).
+        #[inline(always)]
+        unsafe fn hi16_factors() -> __m512 {
+            _mm512_insertf32x8::<1>(_mm512_set1_ps(1.0), _mm256_set1_ps(1.0 / 16.0))
+        }
+
+        /// The 4-bit codes of two blocks of 16 bytes at `p0` and `p1`, as
+        /// [p0 low nibbles, p1 low, p0 high, p1 high] (one byte per code; with `hi16` the high
+        /// nibbles stay in bits 4..8, see [`nibble_mask`]).
+        #[inline(always)]
+        unsafe fn split2(
+            p0: *const u8,
+            p1: *const u8,
+            sh: __m512i,
+            mask: __m512i,
+            hi16: bool,
+        ) -> __m512i {
             let x = _mm512_broadcast_i32x4(_mm_loadu_si128(p0 as *const __m128i));
             let x = _mm512_mask_broadcast_i32x4(x, 0xF0F0, _mm_loadu_si128(p1 as *const __m128i));
-            _mm512_and_si512(_mm512_srlv_epi16(x, sh), _mm512_set1_epi8(0x0F))
+            let x = if hi16 { x } else { _mm512_srlv_epi16(x, sh) };
+            _mm512_and_si512(x, mask)
         }
 
         /// The same for 32 contiguous bytes (`p0 = p`, `p1 = p + 16`).
         #[inline(always)]
-        unsafe fn split32(p: *const u8, sh: __m512i) -> __m512i {
+        unsafe fn split32(p: *const u8, sh: __m512i, mask: __m512i, hi16: bool) -> __m512i {
             let x = _mm512_broadcast_i64x4(_mm256_loadu_si256(p as *const __m256i));
-            _mm512_and_si512(_mm512_srlv_epi16(x, sh), _mm512_set1_epi8(0x0F))
+            let x = if hi16 { x } else { _mm512_srlv_epi16(x, sh) };
+            _mm512_and_si512(x, mask)
         }
 
         /// Dword index vector: `a` in dwords 0..4, `b` in 4..8, `c` in 8..12, `d` in 12..16.
@@ -1018,7 +1049,8 @@ mod x86 {
                     w
                 };
                 let (l0, l1) = load128(b, 17 * nblk, FULL);
-                let w = _mm512_permutex2var_epi16(l0, _mm512_loadu_si512(W.as_ptr() as *const _), l1);
+                let w =
+                    _mm512_permutex2var_epi16(l0, _mm512_loadu_si512(W.as_ptr() as *const _), l1);
                 let w = _mm_srlv_epi16(
                     _mm512_castsi512_si128(w),
                     _mm_setr_epi16(0, 8, 0, 8, 0, 8, 0, 8),
@@ -1040,7 +1072,8 @@ mod x86 {
                     w
                 };
                 let (l0, l1) = load128(b, 18 * nblk, FULL);
-                let w = _mm512_permutex2var_epi16(l0, _mm512_loadu_si512(W.as_ptr() as *const _), l1);
+                let w =
+                    _mm512_permutex2var_epi16(l0, _mm512_loadu_si512(W.as_ptr() as *const _), l1);
                 _mm256_cvtph_ps(_mm512_castsi512_si128(w))
             }
         }
@@ -1057,19 +1090,29 @@ mod x86 {
             acc: &mut [__m512; N],
             table: __m512i,
             pidx: &[__m512i; 4],
+            pf: usize,
         ) {
-            let (bytes, off) = if kind == Kind::Mxfp4 { (17, 1) } else { (18, 2) };
+            let (bytes, off) = if kind == Kind::Mxfp4 {
+                (17, 1)
+            } else {
+                (18, 2)
+            };
             let pairs = if FULL { 4 } else { nblk / 2 };
             let sh = shifts();
+            let hi16 = kind == Kind::Q4_0;
+            let mask = nibble_mask(hi16);
             let da8 = _mm256_loadu_ps(act.da.add(o));
             for k in 0..N {
                 let b = w[k].add(bytes * o);
+                prefetch(b, pf, bytes * 8);
                 let s8 = _mm512_castps256_ps512(_mm256_mul_ps(scales8::<FULL>(kind, b, nblk), da8));
                 for p in 0..pairs {
                     let mut q = split2(
                         b.add(bytes * 2 * p + off),
                         b.add(bytes * (2 * p + 1) + off),
                         sh,
+                        mask,
+                        hi16,
                     );
                     if kind != Kind::Q4_0 {
                         q = _mm512_shuffle_epi8(table, q);
@@ -1083,7 +1126,12 @@ mod x86 {
         }
 
         #[inline(always)]
-        unsafe fn blocks32<const N: usize>(kind: Kind, w: [*const u8; N], act: Act) -> [f32; N] {
+        unsafe fn blocks32<const N: usize>(
+            kind: Kind,
+            w: [*const u8; N],
+            act: Act,
+            pf: usize,
+        ) -> [f32; N] {
             // Codes offset to be unsigned (see `zero_point`).
             let table: [u8; 16] = match kind {
                 Kind::Iq4Nl => std::array::from_fn(|i| (KVALUES_IQ4NL[i] as i32 + 128) as u8),
@@ -1097,11 +1145,15 @@ mod x86 {
             let mut acc = [_mm512_setzero_ps(); N];
             let mut o = 0;
             while o + 8 <= act.nb {
-                octet::<N, true>(kind, &w, act, o, 8, &mut acc, table, &pidx);
+                octet::<N, true>(kind, &w, act, o, 8, &mut acc, table, &pidx, pf);
                 o += 8;
             }
             if o < act.nb {
-                octet::<N, false>(kind, &w, act, o, act.nb - o, &mut acc, table, &pidx);
+                octet::<N, false>(kind, &w, act, o, act.nb - o, &mut acc, table, &pidx, pf);
+            }
+            if kind == Kind::Q4_0 {
+                acc.iter_mut()
+                    .for_each(|a| *a = _mm512_mul_ps(*a, hi16_factors()));
             }
             std::array::from_fn(|k| _mm512_reduce_add_ps(acc[k]))
         }
@@ -1109,20 +1161,22 @@ mod x86 {
         /// Doubled E2M1 values plus 12 (0..24), as `lb_nvfp4` of the 256-bit kernels.
         const MXFP4_U: [u8; 16] = [12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0];
 
-        /// The offset `z` of the unsigned codes (the integer sums start at `−z·Σa`).
-        fn zero_point(kind: Kind) -> u8 {
+        /// The offset `z` of the unsigned codes in every byte lane (the integer sums start at
+        /// `−z·Σa`); 16 times larger where the codes are (see [`nibble_mask`]).
+        #[inline(always)]
+        unsafe fn zero_point(kind: Kind) -> __m512i {
             match kind {
-                Kind::Q4_0 => 8,
-                Kind::Iq4Nl => 128,
-                Kind::Mxfp4 | Kind::Nvfp4 => 12,
-                Kind::Q4K => 0,
+                Kind::Q4_0 => _mm512_inserti64x4::<1>(_mm512_set1_epi8(8), _mm256_set1_epi8(-128)),
+                Kind::Iq4Nl => _mm512_set1_epi8(-128),
+                Kind::Mxfp4 | Kind::Nvfp4 => _mm512_set1_epi8(12),
+                Kind::Q4K => _mm512_setzero_si512(),
             }
         }
 
         /// lowbit's NVFP4 blocks of 128: the 8 E4M3 sub-scales as in the 256-bit kernel; the two
         /// pairs of blocks of 32 are 32 contiguous bytes each.
         #[inline(always)]
-        unsafe fn nvfp4<const N: usize>(w: [*const u8; N], act: Act) -> [f32; N] {
+        unsafe fn nvfp4<const N: usize>(w: [*const u8; N], act: Act, pf: usize) -> [f32; N] {
             const BYTES: usize = lowbit_formats::lb_nvfp4::BLOCK_BYTES;
             let table = _mm512_broadcast_i32x4(_mm_loadu_si128(MXFP4_U.as_ptr() as *const __m128i));
             let sh = shifts();
@@ -1135,6 +1189,7 @@ mod x86 {
                 let dd = _mm256_mul_ps(_mm256_permutevar8x32_ps(da4, halves), _mm256_set1_ps(0.5));
                 for k in 0..N {
                     let b = w[k].add(BYTES * blk);
+                    prefetch(b, pf, BYTES);
                     let g = _mm256_set1_ps((b as *const f32).read_unaligned());
                     let e = _mm_cvtepu8_epi16(_mm_loadl_epi64(b.add(4) as *const __m128i));
                     let h = _mm_or_si128(
@@ -1145,7 +1200,8 @@ mod x86 {
                     let s8 = _mm256_mul_ps(_mm256_div_ps(e4m3, g), dd);
                     let s8 = _mm512_castps256_ps512(s8);
                     for (p, idx) in pidx.iter().enumerate() {
-                        let q = _mm512_shuffle_epi8(table, split32(b.add(12 + 32 * p), sh));
+                        let q = split32(b.add(12 + 32 * p), sh, _mm512_set1_epi8(0x0F), false);
+                        let q = _mm512_shuffle_epi8(table, q);
                         let pa = 2 * blk + p;
                         let s = _mm512_dpbusd_epi32(*act.init.add(pa), q, *act.qs.add(pa));
                         let sc = _mm512_permutexvar_ps(*idx, s8);
@@ -1165,7 +1221,7 @@ mod x86 {
         /// Q4_K: per super-block the 8 scales `d·sc·da` as one vector (spread per pair of
         /// sub-blocks by `vpermps`) and the mins `dmin·m·da·Σa` summed in a second accumulator.
         #[inline(always)]
-        unsafe fn q4_k<const N: usize>(w: [*const u8; N], act: Act) -> [f32; N] {
+        unsafe fn q4_k<const N: usize>(w: [*const u8; N], act: Act, pf: usize) -> [f32; N] {
             let sh = shifts();
             let pidx: [__m512i; 4] = std::array::from_fn(|c| {
                 let (a, b) = (2 * c as i32, 2 * c as i32 + 1);
@@ -1173,11 +1229,13 @@ mod x86 {
             });
             let mut acc = [_mm512_setzero_ps(); N];
             let mut mins = [_mm256_setzero_ps(); N];
+            let mask = nibble_mask(true);
             for sb in 0..act.nb / 8 {
                 let da8 = _mm256_loadu_ps(act.da.add(8 * sb));
                 let ds8 = _mm256_loadu_ps(act.dsum.add(8 * sb));
                 for k in 0..N {
                     let b = w[k].add(144 * sb);
+                    prefetch(b, pf, 144);
                     // The 6-bit scales and mins (`scale_min_k4`) four bytes at a time.
                     let s = |i: usize| (b.add(4 + 4 * i) as *const u32).read_unaligned();
                     let (s0, s1, s2) = (s(0), s(1), s(2));
@@ -1191,28 +1249,56 @@ mod x86 {
                     mins[k] = _mm256_fmadd_ps(_mm256_mul_ps(u8x8_to_ps(mn), dmin), ds8, mins[k]);
                     let s8 = _mm512_castps256_ps512(s8);
                     for (c, idx) in pidx.iter().enumerate() {
-                        let q = split32(b.add(16 + 32 * c), sh);
-                        let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, *act.qs.add(4 * sb + c));
+                        let q = split32(b.add(16 + 32 * c), sh, mask, true);
+                        let dot =
+                            _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, *act.qs.add(4 * sb + c));
                         let sc = _mm512_permutexvar_ps(*idx, s8);
                         acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), sc, acc[k]);
                     }
                 }
             }
-            std::array::from_fn(|k| _mm512_reduce_add_ps(acc[k]) - super::hsum(mins[k]))
+            std::array::from_fn(|k| {
+                _mm512_reduce_add_ps(_mm512_mul_ps(acc[k], hi16_factors())) - super::hsum(mins[k])
+            })
         }
 
         #[inline(always)]
-        unsafe fn kernel<const N: usize>(kind: Kind, w: [*const u8; N], act: Act) -> [f32; N] {
+        unsafe fn kernel<const N: usize>(
+            kind: Kind,
+            w: [*const u8; N],
+            act: Act,
+            pf: usize,
+        ) -> [f32; N] {
             match kind {
-                Kind::Q4K => q4_k::<N>(w, act),
-                Kind::Nvfp4 => nvfp4::<N>(w, act),
-                _ => blocks32::<N>(kind, w, act),
+                Kind::Q4K => q4_k::<N>(w, act, pf),
+                Kind::Nvfp4 => nvfp4::<N>(w, act, pf),
+                _ => blocks32::<N>(kind, w, act, pf),
+            }
+        }
+
+        /// Software prefetch of the `len` bytes at `b + pf` (0: off), one request per cache
+        /// line, issued while the bytes at `b` are processed: the requests stay spread over the
+        /// row instead of arriving in bursts that fill the line-fill buffers and stall the core.
+        #[inline(always)]
+        unsafe fn prefetch(b: *const u8, pf: usize, len: usize) {
+            if pf == 0 {
+                return;
+            }
+            let mut off = 0;
+            while off < len {
+                _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(pf + off) as *const i8);
+                off += 64;
             }
         }
 
         /// [`super::rows`] for the types of [`handles`].
         #[inline(always)]
-        pub(in super::super) unsafe fn rows(job: &RowsJob<'_>, r0: usize, r1: usize, out: *mut f32) {
+        pub(in super::super) unsafe fn rows(
+            job: &RowsJob<'_>,
+            r0: usize,
+            r1: usize,
+            out: *mut f32,
+        ) {
             let kind = kind(job.dtype, job.nb).expect("checked by handles()");
             let nb = job.nb;
             let pairs = nb / 2;
@@ -1250,11 +1336,17 @@ mod x86 {
                 0 => 0,
                 d => d.max(GROUP * job.row_bytes),
             };
+            static MODE: std::sync::OnceLock<u8> = std::sync::OnceLock::new();
+            let mode = *MODE.get_or_init(|| match std::env::var("LB_PFMODE").as_deref() {
+                Ok("group") => 1,
+                Ok("off") => 2,
+                _ => 0,
+            });
             let end = job.data.as_ptr().add(r1 * job.row_bytes);
             let mut r = r0;
             while r + GROUP <= r1 {
                 let w: [*const u8; GROUP] = std::array::from_fn(|k| job.row(r + k).as_ptr());
-                if pf > 0 {
+                if pf > 0 && mode == 1 {
                     let from = w[0].add(pf);
                     let mut p = from;
                     while p < from.add(GROUP * job.row_bytes) && p < end {
@@ -1263,7 +1355,9 @@ mod x86 {
                     }
                 }
                 for t in 0..job.tokens {
-                    let v = kernel::<GROUP>(kind, w, act(t));
+                    // The first token's pass prefetches; the others find the rows in cache.
+                    let d = if t == 0 && mode == 0 { pf } else { 0 };
+                    let v = kernel::<GROUP>(kind, w, act(t), d);
                     for (k, v) in v.into_iter().enumerate() {
                         *out.add(t * job.rows + r + k) = v;
                     }
@@ -1273,7 +1367,7 @@ mod x86 {
             for r in r..r1 {
                 let w = [job.row(r).as_ptr()];
                 for t in 0..job.tokens {
-                    *out.add(t * job.rows + r) = kernel::<1>(kind, w, act(t))[0];
+                    *out.add(t * job.rows + r) = kernel::<1>(kind, w, act(t), 0)[0];
                 }
             }
             SCRATCH.with(|c| {
@@ -1329,4 +1423,105 @@ pub fn row_dot_with(isa: Isa, t: GgmlType, w: &[u8], a: &[Q8Block]) -> Option<f3
     // SAFETY: the CPU supports `isa`; one row, one token, shapes checked above.
     unsafe { dot_rows(isa, &job, 0, 1, &mut out) };
     Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::matmul::{matmul_q8, WeightMatrix};
+
+    /// Random rows of `t` whose scale fields are finite and moderate (the codes are raw random
+    /// bytes); MXFP4 exponents include the subnormal ones (0 and 1).
+    fn random_rows(t: GgmlType, rows: usize, cols: usize, seed: &mut u64) -> Vec<u8> {
+        let mut next = || {
+            *seed ^= *seed << 13;
+            *seed ^= *seed >> 7;
+            *seed ^= *seed << 17;
+            *seed
+        };
+        let rb = t.byte_len(cols).unwrap();
+        let mut w: Vec<u8> = (0..rows * rb).map(|_| next() as u8).collect();
+        let (bytes, _) = block_shape(t);
+        for b in w.chunks_exact_mut(bytes) {
+            let mut f16 = |at: usize, r: u64| {
+                let v = half::f16::from_f32((r % 2001) as f32 / 1000.0 - 1.0);
+                b[at..at + 2].copy_from_slice(&v.to_le_bytes());
+            };
+            match t {
+                GgmlType::Q4_0 | GgmlType::IQ4_NL => f16(0, next()),
+                GgmlType::Q4_K => {
+                    f16(0, next());
+                    f16(2, next());
+                }
+                GgmlType::MXFP4 => {
+                    let r = next();
+                    b[0] = if r % 4 == 0 {
+                        (r >> 8) as u8 % 3
+                    } else {
+                        110 + (r >> 8) as u8 % 30
+                    };
+                }
+                GgmlType::LB_NVFP4 => {
+                    let g = 448.0 * 6.0 / (0.5 + (next() % 1000) as f32 / 1000.0);
+                    b[0..4].copy_from_slice(&g.to_le_bytes());
+                    for e in &mut b[4..12] {
+                        *e = 0x18 + (next() % (0x7F - 0x18)) as u8;
+                    }
+                }
+                _ => unreachable!(),
+            }
+        }
+        w
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+        /// The dispatched kernels (on AVX-512 VNNI: the 512-bit ones, with whole groups of 8
+        /// blocks and ragged tails) against the scalar integer reference: same integer sums, so
+        /// only the float additions differ (≤ 1e-5 · Σ|x·w| per output).
+        #[test]
+        fn wide_rows_match_scalar(
+            ti in 0usize..5,
+            rows in 1usize..10,
+            units in 1usize..12,
+            tokens in 1usize..4,
+            seed in 1u64..u64::MAX,
+        ) {
+            let t = [GgmlType::Q4_0, GgmlType::IQ4_NL, GgmlType::MXFP4, GgmlType::LB_NVFP4,
+                     GgmlType::Q4_K][ti];
+            // Blocks of 32 in units of 64 values (odd block counts keep the 256-bit kernels).
+            let cols = units * t.block_size().max(64);
+            let mut s = seed;
+            let data = random_rows(t, rows, cols, &mut s);
+            let w = WeightMatrix { dtype: t, rows, cols, data: &data };
+            let x: Vec<f32> = (0..tokens * cols)
+                .map(|i| ((i as f32 * 0.71 + s as f32 * 1e-19).sin()) * if i % 37 == 0 { 8.0 } else { 1.0 })
+                .collect();
+            let mut reference = vec![0f32; tokens * rows];
+            proptest::prop_assert!(matmul_q8(&x, w, &mut reference, Isa::Scalar));
+            let mut deq = vec![0f32; cols];
+            for isa in [Isa::Avx512Vnni, Isa::Avx2] {
+                let mut y = vec![0f32; tokens * rows];
+                if !matmul_q8(&x, w, &mut y, isa) {
+                    continue;
+                }
+                for r in 0..rows {
+                    let rb = data.len() / rows;
+                    lowbit_formats::dequantize_row(t, &data[r * rb..(r + 1) * rb], &mut deq).unwrap();
+                    for tk in 0..tokens {
+                        let abs: f64 = x[tk * cols..(tk + 1) * cols]
+                            .iter()
+                            .zip(&deq)
+                            .map(|(a, b)| (a * b).abs() as f64)
+                            .sum();
+                        let (got, want) = (y[tk * rows + r], reference[tk * rows + r]);
+                        proptest::prop_assert!(
+                            ((got - want) as f64).abs() <= 1e-5 * abs + 1e-30,
+                            "{t} {isa:?} row {r} token {tk} cols {cols}: {got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 }

@@ -16,10 +16,10 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
-pub use model::{GpuHadamard, GpuKvCache, GpuModel};
 pub use backend::{
     tile_int4_g128, CudaBackend, DeviceMatrix, Int4Kernel, WeightFormat, MAX_BATCH, MAX_BATCH_TILED,
 };
+pub use model::{GpuHadamard, GpuKvCache, GpuModel};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

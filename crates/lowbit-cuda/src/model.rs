@@ -266,10 +266,7 @@ fn q4_0_as_int4_g128(data: &[u8], rows: usize, cols: usize) -> Option<(Vec<u8>, 
             }
         }
     }
-    Some((
-        words.iter().flat_map(|w| w.to_le_bytes()).collect(),
-        scales,
-    ))
+    Some((words.iter().flat_map(|w| w.to_le_bytes()).collect(), scales))
 }
 
 impl<'b> GpuModel<'b> {
@@ -289,7 +286,9 @@ impl<'b> GpuModel<'b> {
     ) -> Result<GpuModel<'b>> {
         let c = &t.config;
         if max_seq == 0 {
-            return Err(Error::Shape("the KV cache needs at least one position".into()));
+            return Err(Error::Shape(
+                "the KV cache needs at least one position".into(),
+            ));
         }
         if c.head_dim > MAX_HEAD_DIM || c.head_dim % 2 != 0 {
             return Err(Error::Shape(format!(
@@ -635,7 +634,11 @@ impl<'b> GpuModel<'b> {
             let gelu = (c.activation == Activation::GeluTanh) as i32;
             let f = be.func("gated_act_f32")?;
             be.launch(f, Self::elementwise(n_ffn as usize), |a| {
-                a.arg(&bf.g).arg(&bf.u).arg(&mut bf.h).arg(&n_ffn).arg(&gelu)
+                a.arg(&bf.g)
+                    .arg(&bf.u)
+                    .arg(&mut bf.h)
+                    .arg(&n_ffn)
+                    .arg(&gelu)
             })?;
             if let Some(r) = &l.down_rotation {
                 r.apply(be, &mut bf.h, b)?;
@@ -662,7 +665,10 @@ impl<'b> GpuModel<'b> {
                 self.max_seq
             )));
         }
-        if let Some(&id) = tokens.iter().find(|&&id| id as usize >= self.config.vocab_size) {
+        if let Some(&id) = tokens
+            .iter()
+            .find(|&&id| id as usize >= self.config.vocab_size)
+        {
             return Err(Error::Shape(format!(
                 "token id {id} is outside the vocabulary ({})",
                 self.config.vocab_size
@@ -709,7 +715,9 @@ impl<'b> GpuModel<'b> {
             let b = rows.len() / h;
             drv(
                 "upload hidden states",
-                self.be.stream().memcpy_htod(rows, &mut x.slice_mut(0..b * h)),
+                self.be
+                    .stream()
+                    .memcpy_htod(rows, &mut x.slice_mut(0..b * h)),
             )?;
             self.be.pdl_fence();
             self.be.gemv(&self.lm_head, x, b, logits)?;
@@ -742,7 +750,10 @@ fn upload_linear(
         _ => None,
     };
     let (w, label) = if let Some(f) = native {
-        (be.upload_matrix(f, rows, cols, wm.data, None)?, f.name().to_string())
+        (
+            be.upload_matrix(f, rows, cols, wm.data, None)?,
+            f.name().to_string(),
+        )
     } else if let Some((words, scales)) = (wm.dtype == GgmlType::Q4_0)
         .then(|| q4_0_as_int4_g128(wm.data, rows, cols))
         .flatten()

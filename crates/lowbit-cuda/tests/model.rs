@@ -86,7 +86,13 @@ fn load_golden(arch: &str) -> (Transformer, serde_json::Value, Vec<u8>) {
 
 /// Prefill then 4 decode steps on the GPU: against transformers' logits (unless the model was
 /// changed, `golden` = None) and against the CPU runner on the same model.
-fn check(be: &CudaBackend, name: &str, model: &Transformer, meta: &serde_json::Value, golden: Option<&[u8]>) {
+fn check(
+    be: &CudaBackend,
+    name: &str,
+    model: &Transformer,
+    meta: &serde_json::Value,
+    golden: Option<&[u8]>,
+) {
     check_with(be, name, model, meta, golden, GpuKvCache::Bf16, BOUND)
 }
 
@@ -147,20 +153,29 @@ fn check_full(
         fmt(e_gold)
     );
     assert!(e_cpu < bound, "{name}: prefill vs CPU {e_cpu:.3e}");
-    assert!(e_gold.is_none_or(|e| e < bound), "{name}: prefill vs transformers");
+    assert!(
+        e_gold.is_none_or(|e| e < bound),
+        "{name}: prefill vs transformers"
+    );
     for (i, &t) in decode.iter().enumerate() {
         let g = gpu.forward(&[t], 0).unwrap();
         let c = cpu.forward(&[t], 0).unwrap();
         let e_cpu = rel_l2(&g, &c);
         let e_gold = st.as_ref().map(|st| {
-            rel_l2(&g, &read_f32(st, "decode_logits")[i * vocab..(i + 1) * vocab])
+            rel_l2(
+                &g,
+                &read_f32(st, "decode_logits")[i * vocab..(i + 1) * vocab],
+            )
         });
         println!(
             "{name}: decode {i}: vs CPU {e_cpu:.2e}, vs transformers {}",
             fmt(e_gold)
         );
         assert!(e_cpu < bound, "{name}: decode {i} vs CPU {e_cpu:.3e}");
-        assert!(e_gold.is_none_or(|e| e < bound), "{name}: decode {i} vs transformers");
+        assert!(
+            e_gold.is_none_or(|e| e < bound),
+            "{name}: decode {i} vs transformers"
+        );
     }
     // A reset starts a new sequence: the first prefill again.
     gpu.reset();
@@ -194,7 +209,15 @@ fn fp8_kv_cache_matches_the_cpu_fp8_cache() {
         });
         let name = format!("{arch} fp8 KV");
         check_with(&be, &name, &model, &meta, None, GpuKvCache::Fp8, 2e-2);
-        check_with(&be, &name, &model, &meta, Some(&golden), GpuKvCache::Fp8, 0.15);
+        check_with(
+            &be,
+            &name,
+            &model,
+            &meta,
+            Some(&golden),
+            GpuKvCache::Fp8,
+            0.15,
+        );
     }
 }
 
@@ -232,7 +255,9 @@ fn w8a8_activation_quantization_runs_like_the_cpu() {
 fn mixture_of_experts_is_a_clear_error() {
     let Some(be) = backend() else { return };
     let (model, _, _) = load_golden("mixtral");
-    let e = GpuModel::upload(&be, &model, 8).err().expect("MoE must be refused");
+    let e = GpuModel::upload(&be, &model, 8)
+        .err()
+        .expect("MoE must be refused");
     println!("{e}");
     assert!(e.to_string().contains("mixture-of-experts"));
 }
@@ -291,7 +316,9 @@ fn stories260k_greedy_text_on_the_gpu() {
     let text = String::from_utf8_lossy(&text).into_owned();
     println!("stories260K on the GPU: Once upon a time{text}");
     assert!(
-        text.starts_with(", there was a little girl named Lily. She loved to play outside in the park."),
+        text.starts_with(
+            ", there was a little girl named Lily. She loved to play outside in the park."
+        ),
         "{text}"
     );
 }
@@ -348,12 +375,43 @@ fn quantized_llama() -> (Transformer, Transformer) {
         }
     };
     let f32_bytes = |v: Vec<f32>| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
-    add("model.embed_tokens.weight".into(), T::F32, vec![vocab, h], f32_bytes(rng.vec(vocab * h, 1.0)));
-    add("model.norm.weight".into(), T::F32, vec![h], f32_bytes(vec![1.0; h]));
-    add("lm_head.weight".into(), T::Q8_0, vec![vocab, h], matrix(T::Q8_0, vocab, h, &mut rng));
+    add(
+        "model.embed_tokens.weight".into(),
+        T::F32,
+        vec![vocab, h],
+        f32_bytes(rng.vec(vocab * h, 1.0)),
+    );
+    add(
+        "model.norm.weight".into(),
+        T::F32,
+        vec![h],
+        f32_bytes(vec![1.0; h]),
+    );
+    add(
+        "lm_head.weight".into(),
+        T::Q8_0,
+        vec![vocab, h],
+        matrix(T::Q8_0, vocab, h, &mut rng),
+    );
     let kinds = [
-        [T::Q4_K, T::Q6_K, T::Q8_0, T::MXFP4, T::LB_NVFP4, T::BF16, T::Q4_0],
-        [T::Q4_0, T::LB_NVFP4, T::MXFP4, T::Q5_0, T::Q4_K, T::Q6_K, T::BF16],
+        [
+            T::Q4_K,
+            T::Q6_K,
+            T::Q8_0,
+            T::MXFP4,
+            T::LB_NVFP4,
+            T::BF16,
+            T::Q4_0,
+        ],
+        [
+            T::Q4_0,
+            T::LB_NVFP4,
+            T::MXFP4,
+            T::Q5_0,
+            T::Q4_K,
+            T::Q6_K,
+            T::BF16,
+        ],
     ];
     for (l, kinds) in kinds.iter().enumerate().take(layers) {
         let p = format!("model.layers.{l}.");
@@ -378,13 +436,24 @@ fn quantized_llama() -> (Transformer, Transformer) {
             add(format!("{p}{name}.weight"), ty, vec![*rows, *cols], data);
         }
         for n in ["input_layernorm", "post_attention_layernorm"] {
-            add(format!("{p}{n}.weight"), T::F32, vec![h], f32_bytes(vec![1.0; h]));
+            add(
+                format!("{p}{n}.weight"),
+                T::F32,
+                vec![h],
+                f32_bytes(vec![1.0; h]),
+            );
         }
     }
     let mut store = WeightStore::new(&path);
     let b = store.add_backing(Backing::Owned(bytes));
     for (name, dtype, shape, offset, len) in entries {
-        let entry = TensorEntry { dtype, shape, backing: b, offset, len };
+        let entry = TensorEntry {
+            dtype,
+            shape,
+            backing: b,
+            offset,
+            len,
+        };
         store.insert(name, entry).unwrap();
     }
     // The same values stored as f32: the CPU reference without activation quantization.
@@ -399,7 +468,13 @@ fn quantized_llama() -> (Transformer, Transformer) {
     }
     let b = exact.add_backing(Backing::Owned(f32_data));
     for (name, shape, offset, len) in f32_entries {
-        let entry = TensorEntry { dtype: T::F32, shape, backing: b, offset, len };
+        let entry = TensorEntry {
+            dtype: T::F32,
+            shape,
+            backing: b,
+            offset,
+            len,
+        };
         exact.insert(name, entry).unwrap();
     }
     (
@@ -422,7 +497,16 @@ fn every_native_layout_runs_in_a_model_like_the_cpu() {
     let gpu = GpuModel::upload(&be, &model, 64).unwrap();
     let layouts: Vec<&str> = gpu.formats().keys().map(|s| s.as_str()).collect();
     println!("layouts: {:?}", gpu.formats());
-    for want in ["q4_k", "q6_k", "q8_0", "mxfp4", "nvfp4", "bf16", "int4g128t", "f32 (from q5_0)"] {
+    for want in [
+        "q4_k",
+        "q6_k",
+        "q8_0",
+        "mxfp4",
+        "nvfp4",
+        "bf16",
+        "int4g128t",
+        "f32 (from q5_0)",
+    ] {
         assert!(layouts.contains(&want), "{want} not used: {layouts:?}");
     }
     drop(gpu);
@@ -432,5 +516,13 @@ fn every_native_layout_runs_in_a_model_like_the_cpu() {
     });
     // The GPU decodes the weights exactly and keeps f32 activations: compare it with the CPU
     // running the same values in f32.
-    check_pair(&be, "quantized llama", &model, &exact, &meta, GpuKvCache::Bf16, BOUND);
+    check_pair(
+        &be,
+        "quantized llama",
+        &model,
+        &exact,
+        &meta,
+        GpuKvCache::Bf16,
+        BOUND,
+    );
 }

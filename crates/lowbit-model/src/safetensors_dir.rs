@@ -1006,7 +1006,10 @@ pub fn open_compressed_tensors_with(
         } else if let (Some(module), "I8", true) = (
             name.strip_suffix(".weight"),
             t.dtype.as_str(),
-            tensors.contains_key(&format!("{}.weight_scale", name.trim_end_matches(".weight"))),
+            tensors.contains_key(&format!(
+                "{}.weight_scale",
+                name.trim_end_matches(".weight")
+            )),
         ) {
             // int-quantized (vLLM's W8A8 layout): signed codes as I8 [rows, cols] times
             // weight_scale (tensor, channel or group).

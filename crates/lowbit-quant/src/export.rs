@@ -509,6 +509,7 @@ fn out_specs(name: &str, t: &OutTensor, norm_shift: f32) -> Result<Vec<TensorSpe
         }
         OutTensor::Plain { shape, .. } => vec![kept_spec(name, GgmlType::F32, shape, norm_shift)],
         OutTensor::Raw { dtype, shape, .. } => vec![kept_spec(name, *dtype, shape, norm_shift)],
+        OutTensor::Decoded { shape, .. } => vec![kept_spec(name, GgmlType::F32, shape, norm_shift)],
     })
 }
 
@@ -523,6 +524,23 @@ fn encode(name: &str, t: &OutTensor, norm_shift: f32) -> Result<Vec<StTensor>> {
             quantized_tensors(module_name(name), qt).with_context(|| format!("tensor {name}"))?
         }
         OutTensor::Plain { shape, values } => {
+            let shift = if is_norm(name, shape) {
+                norm_shift
+            } else {
+                0.0
+            };
+            vec![StTensor {
+                name: name.to_string(),
+                dtype: "F32",
+                shape: shape.clone(),
+                data: values
+                    .iter()
+                    .flat_map(|v| (v - shift).to_le_bytes())
+                    .collect(),
+            }]
+        }
+        OutTensor::Decoded { shape, .. } => {
+            let values = t.kept_values().expect("kept")?;
             let shift = if is_norm(name, shape) {
                 norm_shift
             } else {
@@ -756,6 +774,87 @@ impl ModelWriter {
     pub fn add(&mut self, name: &str, t: &OutTensor) -> Result<()> {
         use std::os::unix::fs::FileExt;
         let file = self.file.as_ref().context("writer already finished")?;
+        // Kept tensors that need no rewriting go straight from their values to the file, a few
+        // MB at a time: encoding a 262k-row embedding first would hold it twice more (GBs).
+        let direct: Option<(&'static str, &[usize], usize)> = match t {
+            OutTensor::Plain { shape, values } if !is_norm(name, shape) => {
+                Some(("F32", shape, values.len() * 4))
+            }
+            OutTensor::Raw {
+                dtype,
+                shape,
+                bytes,
+            } if !(is_norm(name, shape) && self.norm_shift != 0.0) => {
+                Some((dtype_name(*dtype), shape, bytes.len()))
+            }
+            OutTensor::Decoded { shape, .. } if !is_norm(name, shape) => {
+                Some(("F32", shape, shape.iter().product::<usize>() * 4))
+            }
+            _ => None,
+        };
+        if let Some((dtype, shape, len)) = direct {
+            let (spec, off, written) = self
+                .slots
+                .get_mut(name)
+                .with_context(|| format!("tensor {name} is not in the planned output"))?;
+            if *written {
+                bail!("tensor {name} written twice");
+            }
+            if spec.dtype != dtype || spec.shape != shape || spec.len != len {
+                bail!(
+                    "tensor {name}: produced {dtype} {shape:?} ({len} bytes), planned {} {:?} ({} bytes)",
+                    spec.dtype,
+                    spec.shape,
+                    spec.len
+                );
+            }
+            let werr =
+                |e: std::io::Error| anyhow::anyhow!("cannot write {}: {e}", self.st_path.display());
+            match t {
+                OutTensor::Plain { values, .. } => {
+                    const CHUNK: usize = 1 << 20;
+                    let mut buf = Vec::with_capacity(CHUNK * 4);
+                    for (i, c) in values.chunks(CHUNK).enumerate() {
+                        buf.clear();
+                        buf.extend(c.iter().flat_map(|v| v.to_le_bytes()));
+                        file.write_all_at(&buf, *off + (i * CHUNK * 4) as u64)
+                            .map_err(werr)?;
+                    }
+                }
+                OutTensor::Raw { bytes, .. } => file.write_all_at(bytes, *off).map_err(werr)?,
+                OutTensor::Decoded { shape, source } => {
+                    // Rows of the block-quantized source decoded 1024 at a time.
+                    let cols = *shape.last().expect("2-D");
+                    let rb = source.dtype.byte_len(cols).with_context(|| {
+                        format!(
+                            "tensor {name}: {cols} columns do not fill {} blocks",
+                            source.dtype
+                        )
+                    })?;
+                    let data = source.data();
+                    let mut vals = vec![0f32; 1024 * cols];
+                    let mut buf = Vec::with_capacity(1024 * cols * 4);
+                    for (i, rows) in data.chunks(1024 * rb).enumerate() {
+                        let n = rows.len() / rb * cols;
+                        lowbit_formats::dequant::dequantize_rows(
+                            source.dtype,
+                            rows,
+                            cols,
+                            &mut vals[..n],
+                        )
+                        .map_err(|e| anyhow::anyhow!("tensor {name}: {e}"))?;
+                        buf.clear();
+                        buf.extend(vals[..n].iter().flat_map(|v| v.to_le_bytes()));
+                        file.write_all_at(&buf, *off + (i * 1024 * cols * 4) as u64)
+                            .map_err(werr)?;
+                    }
+                    crate::pipeline::release_pages(data);
+                }
+                OutTensor::Quantized(_) => unreachable!("not written directly"),
+            }
+            *written = true;
+            return Ok(());
+        }
         for st in encode(name, t, self.norm_shift)? {
             let (spec, off, written) = self
                 .slots

@@ -117,6 +117,13 @@ pub enum OutTensor {
         shape: Vec<usize>,
         bytes: Vec<u8>,
     },
+    /// Kept in full precision from a block-quantized source (a GGUF's Q8_0 embedding): written
+    /// as f32, decoded a few rows at a time by the writer, so the f32 copy (671 MB for a
+    /// 262k-token vocabulary) never exists in memory.
+    Decoded {
+        shape: Vec<usize>,
+        source: lowbit_model::TensorHandle,
+    },
 }
 
 pub struct QuantizedModel {
@@ -285,7 +292,7 @@ fn check_memory(opts: &Options, after: &str) -> Result<()> {
 /// read-only, so their pages count in the resident set until reclaimed; paging them out keeps
 /// resident memory at one layer. MADV_PAGEOUT only reclaims (it never changes contents), so it is
 /// harmless on heap memory too; failures (old kernels, odd page sizes) are ignored.
-fn release_pages(data: &[u8]) {
+pub(crate) fn release_pages(data: &[u8]) {
     #[cfg(target_os = "linux")]
     {
         extern "C" {
@@ -486,6 +493,36 @@ fn imatrix_from_file(
         .with_context(|| format!("imatrix quantization of tensor {n}"))
 }
 
+impl OutTensor {
+    /// The values of a kept tensor as f32 (None for a quantized one).
+    pub fn kept_values(&self) -> Option<Result<Vec<f32>>> {
+        match self {
+            OutTensor::Quantized(_) => None,
+            OutTensor::Plain { values, .. } => Some(Ok(values.clone())),
+            OutTensor::Raw {
+                dtype,
+                bytes,
+                shape,
+            } => {
+                let mut v = vec![0f32; shape.iter().product()];
+                Some(
+                    lowbit_formats::dequantize(*dtype, bytes, &mut v)
+                        .map(|_| v)
+                        .map_err(|e| anyhow::anyhow!("{e}")),
+                )
+            }
+            OutTensor::Decoded { shape, source } => {
+                let mut v = vec![0f32; shape.iter().product()];
+                Some(
+                    lowbit_formats::dequantize(source.dtype, source.data(), &mut v)
+                        .map(|_| v)
+                        .map_err(|e| anyhow::anyhow!("tensor {}: {e}", source.name)),
+                )
+            }
+        }
+    }
+}
+
 /// A tensor kept in full precision: as stored when it is a plain float type, else as f32.
 /// `values` replaces its contents (a norm weight that took folded scales).
 fn kept_tensor(
@@ -496,7 +533,7 @@ fn kept_tensor(
 ) -> Result<OutTensor> {
     let t = weights.require(n)?;
     let float = matches!(t.dtype, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16);
-    Ok(match (float, values) {
+    let out = match (float, values) {
         (true, None) => OutTensor::Raw {
             dtype: t.dtype,
             shape: shape.to_vec(),
@@ -517,6 +554,10 @@ fn kept_tensor(
                 _ => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
             },
         },
+        (false, None) if shape.len() == 2 => OutTensor::Decoded {
+            shape: shape.to_vec(),
+            source: weights.handle(n)?,
+        },
         (false, v) => OutTensor::Plain {
             shape: shape.to_vec(),
             values: match v {
@@ -524,7 +565,14 @@ fn kept_tensor(
                 None => weights.to_f32(n)?,
             },
         },
-    })
+    };
+    if matches!(out, OutTensor::Decoded { .. }) {
+        // Read later, by the writer.
+        return Ok(out);
+    }
+    // The source was copied (or decoded): its mapped pages are not needed again.
+    release_tensor(weights, n);
+    Ok(out)
 }
 
 /// Names (relative to `model.layers.{i}.`) of the RMSNorms feeding attention and the MLP, for the

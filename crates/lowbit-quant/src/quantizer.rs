@@ -142,7 +142,12 @@ impl Quantizer {
     /// Write the weights in compressed-tensors' `int-quantized` layout (unpacked I8): only 8-bit
     /// symmetric integers have it.
     pub fn set_int_quantized(&mut self) -> Result<()> {
-        if self.kind != (ElemKind::Int { bits: 8, asym: false }) {
+        if self.kind
+            != (ElemKind::Int {
+                bits: 8,
+                asym: false,
+            })
+        {
             bail!("the int-quantized layout holds 8-bit symmetric integers only");
         }
         self.int_quantized = true;

@@ -154,6 +154,16 @@ fn store_of(qm: &lowbit_quant::QuantizedModel) -> WeightStore {
                 shape,
                 bytes,
             } => (*dtype, shape.clone(), bytes.clone()),
+            OutTensor::Decoded { shape, .. } => (
+                GgmlType::F32,
+                shape.clone(),
+                t.kept_values()
+                    .unwrap()
+                    .unwrap()
+                    .iter()
+                    .flat_map(|v| v.to_le_bytes())
+                    .collect(),
+            ),
         };
         let len = bytes.len();
         let b = s.add_backing(Backing::Owned(bytes));
