@@ -489,7 +489,8 @@ mod x86 {
         let end = job.data.as_ptr().add(r1 * job.row_bytes);
         while r + GROUP <= r1 {
             let w: [*const u8; GROUP] = std::array::from_fn(|k| job.row(r + k).as_ptr());
-            if pf > 0 {
+            let mode = zmm::pf_mode();
+            if pf > 0 && mode == 1 {
                 // Ask for the weights `pf` bytes ahead of this group, one cache line at a time.
                 let from = w[0].add(pf);
                 let mut p = from;
@@ -500,7 +501,8 @@ mod x86 {
             }
             // Tokens inside the row group: the group's weights are read from DRAM once.
             for t in 0..job.tokens {
-                let v = kernel::<O, GROUP>(job.dtype, w, job.act(t));
+                let d = if t == 0 && mode == 0 { pf } else { 0 };
+                let v = kernel::<O, GROUP>(job.dtype, w, job.act(t), d);
                 for (k, v) in v.into_iter().enumerate() {
                     *out.add(t * job.rows + r + k) = v;
                 }
@@ -510,7 +512,7 @@ mod x86 {
         for r in r..r1 {
             let w = [job.row(r).as_ptr()];
             for t in 0..job.tokens {
-                *out.add(t * job.rows + r) = kernel::<O, 1>(job.dtype, w, job.act(t))[0];
+                *out.add(t * job.rows + r) = kernel::<O, 1>(job.dtype, w, job.act(t), 0)[0];
             }
         }
     }
@@ -521,18 +523,42 @@ mod x86 {
         dtype: GgmlType,
         w: [*const u8; N],
         a: &[Q8Block],
+        pf: usize,
     ) -> [f32; N] {
         match dtype {
-            GgmlType::Q8_0 => q8_0::<O, N>(w, a),
-            GgmlType::Q4_0 => q4_0::<O, N, false>(w, a),
-            GgmlType::Q5_0 => q4_0::<O, N, true>(w, a),
-            GgmlType::IQ4_NL => table4::<O, N>(w, a, 18, &KVALUES_IQ4NL),
-            GgmlType::MXFP4 => table4::<O, N>(w, a, 17, &KVALUES_MXFP4),
-            GgmlType::LB_NVFP4 => lb_nvfp4::<O, N>(w, a),
-            GgmlType::Q4_K => q4_k::<O, N, false>(w, a),
-            GgmlType::Q5_K => q4_k::<O, N, true>(w, a),
-            GgmlType::Q6_K => q6_k::<O, N>(w, a),
+            GgmlType::Q8_0 => q8_0::<O, N>(w, a, pf),
+            GgmlType::Q4_0 => q4_0::<O, N, false>(w, a, pf),
+            GgmlType::Q5_0 => q4_0::<O, N, true>(w, a, pf),
+            GgmlType::IQ4_NL => table4::<O, N>(w, a, 18, &KVALUES_IQ4NL, pf),
+            GgmlType::MXFP4 => table4::<O, N>(w, a, 17, &KVALUES_MXFP4, pf),
+            GgmlType::LB_NVFP4 => lb_nvfp4::<O, N>(w, a, pf),
+            GgmlType::Q4_K => q4_k::<O, N, false>(w, a, pf),
+            GgmlType::Q5_K => q4_k::<O, N, true>(w, a, pf),
+            GgmlType::Q6_K => q6_k::<O, N>(w, a, pf),
             _ => [f32::NAN; N],
+        }
+    }
+
+    /// Software prefetch of the block of `bytes` bytes at `b + pf` (0: off) while the block at
+    /// `b` is processed, one request per cache line (the line where a block crosses into a new
+    /// one): the requests stay spread over the row instead of arriving in bursts that fill the
+    /// line-fill buffers and stall the core.
+    #[inline(always)]
+    unsafe fn pf_block(b: *const u8, pf: usize, bytes: usize) {
+        if pf == 0 {
+            return;
+        }
+        let a = b.wrapping_add(pf);
+        let last = a.wrapping_add(bytes - 1);
+        if bytes >= 64 {
+            let mut off = 0;
+            while off < bytes {
+                _mm_prefetch::<_MM_HINT_T0>(a.wrapping_add(off) as *const i8);
+                off += 64;
+            }
+            _mm_prefetch::<_MM_HINT_T0>(last as *const i8);
+        } else if (a as usize).wrapping_sub(1) >> 6 != last as usize >> 6 {
+            _mm_prefetch::<_MM_HINT_T0>(last as *const i8);
         }
     }
 
@@ -603,13 +629,18 @@ mod x86 {
     }
 
     #[inline(always)]
-    unsafe fn q8_0<O: Ops, const N: usize>(w: [*const u8; N], a: &[Q8Block]) -> [f32; N] {
+    unsafe fn q8_0<O: Ops, const N: usize>(
+        w: [*const u8; N],
+        a: &[Q8Block],
+        pf: usize,
+    ) -> [f32; N] {
         let mut acc = [_mm256_setzero_ps(); N];
         for (i, ab) in a.iter().enumerate() {
             let av = load_a(ab);
             let da = _mm256_set1_ps(ab.d);
             for k in 0..N {
                 let b = w[k].add(34 * i);
+                pf_block(b, pf, 34);
                 let s = O::dot_s8(_mm256_loadu_si256(b.add(2) as *const __m256i), av);
                 let scale = _mm256_mul_ps(f16_splat(b), da);
                 acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), scale, acc[k]);
@@ -624,6 +655,7 @@ mod x86 {
     unsafe fn q4_0<O: Ops, const N: usize, const FIVE: bool>(
         w: [*const u8; N],
         a: &[Q8Block],
+        pf: usize,
     ) -> [f32; N] {
         let bytes = if FIVE { 22 } else { 18 };
         let mut acc = [_mm256_setzero_ps(); N];
@@ -633,6 +665,7 @@ mod x86 {
             let da = _mm256_set1_ps(ab.d);
             for k in 0..N {
                 let b = w[k].add(bytes * i);
+                pf_block(b, pf, bytes);
                 let q = if FIVE {
                     let qh = (b.add(2) as *const u32).read_unaligned();
                     let hi = _mm256_and_si256(O::bits32(qh), _mm256_set1_epi8(0x10));
@@ -656,6 +689,7 @@ mod x86 {
         a: &[Q8Block],
         bytes: usize,
         table: &[i8; 16],
+        pf: usize,
     ) -> [f32; N] {
         let t = _mm256_broadcastsi128_si256(_mm_loadu_si128(table.as_ptr() as *const __m128i));
         let mut acc = [_mm256_setzero_ps(); N];
@@ -664,6 +698,7 @@ mod x86 {
             let da = _mm256_set1_ps(ab.d);
             for k in 0..N {
                 let b = w[k].add(bytes * i);
+                pf_block(b, pf, bytes);
                 let (d, qs) = if bytes == 17 {
                     (_mm256_set1_ps(super::e8m0_half(*b)), b.add(1))
                 } else {
@@ -683,7 +718,11 @@ mod x86 {
     /// looked up as doubled E2M1 integers (offset to be unsigned, see `U`), lanes 0..4 of the
     /// integer sums take sub-scale 2k and lanes 4..8 sub-scale 2k + 1.
     #[inline(always)]
-    unsafe fn lb_nvfp4<O: Ops, const N: usize>(w: [*const u8; N], a: &[Q8Block]) -> [f32; N] {
+    unsafe fn lb_nvfp4<O: Ops, const N: usize>(
+        w: [*const u8; N],
+        a: &[Q8Block],
+        pf: usize,
+    ) -> [f32; N] {
         const BYTES: usize = lowbit_formats::lb_nvfp4::BLOCK_BYTES;
         // Doubled E2M1 values plus 12 (0..24): unsigned, so one `dot_u8_acc` whose start value
         // subtracts 12 · Σa (as the zero point of Q4_0) replaces the signed product.
@@ -700,6 +739,7 @@ mod x86 {
             let da: [__m256; 4] = std::array::from_fn(|k| _mm256_set1_ps(0.5 * ab[k].d));
             for k in 0..N {
                 let b = w[k].add(BYTES * i);
+                pf_block(b, pf, BYTES);
                 let g = _mm256_set1_ps((b as *const f32).read_unaligned());
                 let e = _mm_cvtepu8_epi16(_mm_loadl_epi64(b.add(4) as *const __m128i));
                 let h = _mm_or_si128(
@@ -733,6 +773,7 @@ mod x86 {
     unsafe fn q4_k<O: Ops, const N: usize, const FIVE: bool>(
         w: [*const u8; N],
         a: &[Q8Block],
+        pf: usize,
     ) -> [f32; N] {
         let bytes = if FIVE { 176 } else { 144 };
         let mut acc = [_mm256_setzero_ps(); N];
@@ -742,6 +783,7 @@ mod x86 {
             let dsum = lanes8(ab, |b| b.d * b.sum as f32);
             for k in 0..N {
                 let b = w[k].add(bytes * sb);
+                pf_block(b, pf, bytes);
                 let (sc, mn) = scale_min_k4(std::slice::from_raw_parts(b.add(4), 12));
                 let scale = _mm256_mul_ps(_mm256_mul_ps(f16_splat(b), u8x8_to_ps(sc)), da);
                 let mins = _mm256_mul_ps(u8x8_to_ps(mn), dsum);
@@ -784,12 +826,17 @@ mod x86 {
     /// Q6_K: 6-bit quants with zero point 32 (folded into the integer start value) and a signed
     /// 8-bit scale per 16 values (lanes 0..4 and 4..8 of each block's integer sums).
     #[inline(always)]
-    unsafe fn q6_k<O: Ops, const N: usize>(w: [*const u8; N], a: &[Q8Block]) -> [f32; N] {
+    unsafe fn q6_k<O: Ops, const N: usize>(
+        w: [*const u8; N],
+        a: &[Q8Block],
+        pf: usize,
+    ) -> [f32; N] {
         let mut acc = [_mm256_setzero_ps(); N];
         let three = _mm256_set1_epi8(3);
         for (sb, ab) in a.chunks_exact(8).enumerate() {
             for k in 0..N {
                 let b = w[k].add(210 * sb);
+                pf_block(b, pf, 210);
                 let dv = f16_splat(b.add(208));
                 let sc = _mm_loadu_si128(b.add(192) as *const __m128i);
                 // The 16 scales times d, as two vectors of 8 (sub-blocks 0..8 and 8..16).
@@ -880,6 +927,15 @@ mod x86 {
                 GgmlType::Q4_K => Some(Kind::Q4K),
                 _ => None,
             }
+        }
+
+        pub(in super::super) fn pf_mode() -> u8 {
+            static MODE: std::sync::OnceLock<u8> = std::sync::OnceLock::new();
+            *MODE.get_or_init(|| match std::env::var("LB_PFMODE").as_deref() {
+                Ok("group") => 1,
+                Ok("off") => 2,
+                _ => 0,
+            })
         }
 
         /// Whether [`rows`] handles this type and row length.
@@ -1336,12 +1392,7 @@ mod x86 {
                 0 => 0,
                 d => d.max(GROUP * job.row_bytes),
             };
-            static MODE: std::sync::OnceLock<u8> = std::sync::OnceLock::new();
-            let mode = *MODE.get_or_init(|| match std::env::var("LB_PFMODE").as_deref() {
-                Ok("group") => 1,
-                Ok("off") => 2,
-                _ => 0,
-            });
+            let mode = pf_mode();
             let end = job.data.as_ptr().add(r1 * job.row_bytes);
             let mut r = r0;
             while r + GROUP <= r1 {

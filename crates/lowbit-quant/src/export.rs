@@ -509,7 +509,9 @@ fn out_specs(name: &str, t: &OutTensor, norm_shift: f32) -> Result<Vec<TensorSpe
         }
         OutTensor::Plain { shape, .. } => vec![kept_spec(name, GgmlType::F32, shape, norm_shift)],
         OutTensor::Raw { dtype, shape, .. } => vec![kept_spec(name, *dtype, shape, norm_shift)],
-        OutTensor::Decoded { shape, .. } => vec![kept_spec(name, GgmlType::F32, shape, norm_shift)],
+        OutTensor::Source { shape, source } => {
+            vec![kept_spec(name, source.dtype, shape, norm_shift)]
+        }
     })
 }
 
@@ -539,7 +541,18 @@ fn encode(name: &str, t: &OutTensor, norm_shift: f32) -> Result<Vec<StTensor>> {
                     .collect(),
             }]
         }
-        OutTensor::Decoded { shape, .. } => {
+        OutTensor::Source { shape, source }
+            if matches!(source.dtype, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16)
+                && !(is_norm(name, shape) && norm_shift != 0.0) =>
+        {
+            vec![StTensor {
+                name: name.to_string(),
+                dtype: dtype_name(source.dtype),
+                shape: shape.clone(),
+                data: source.data().to_vec(),
+            }]
+        }
+        OutTensor::Source { shape, .. } => {
             let values = t.kept_values().expect("kept")?;
             let shift = if is_norm(name, shape) {
                 norm_shift
@@ -787,8 +800,12 @@ impl ModelWriter {
             } if !(is_norm(name, shape) && self.norm_shift != 0.0) => {
                 Some((dtype_name(*dtype), shape, bytes.len()))
             }
-            OutTensor::Decoded { shape, .. } if !is_norm(name, shape) => {
-                Some(("F32", shape, shape.iter().product::<usize>() * 4))
+            OutTensor::Source { shape, source } if !is_norm(name, shape) => {
+                if matches!(source.dtype, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) {
+                    Some((dtype_name(source.dtype), shape, source.data().len()))
+                } else {
+                    Some(("F32", shape, shape.iter().product::<usize>() * 4))
+                }
             }
             _ => None,
         };
@@ -822,7 +839,17 @@ impl ModelWriter {
                     }
                 }
                 OutTensor::Raw { bytes, .. } => file.write_all_at(bytes, *off).map_err(werr)?,
-                OutTensor::Decoded { shape, source } => {
+                OutTensor::Source { source, .. }
+                    if matches!(source.dtype, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) =>
+                {
+                    const CHUNK: usize = 16 << 20;
+                    let data = source.data();
+                    for (i, c) in data.chunks(CHUNK).enumerate() {
+                        file.write_all_at(c, *off + (i * CHUNK) as u64).map_err(werr)?;
+                        crate::pipeline::release_pages(c);
+                    }
+                }
+                OutTensor::Source { shape, source } => {
                     // Rows of the block-quantized source decoded 1024 at a time.
                     let cols = *shape.last().expect("2-D");
                     let rb = source.dtype.byte_len(cols).with_context(|| {

@@ -117,10 +117,10 @@ pub enum OutTensor {
         shape: Vec<usize>,
         bytes: Vec<u8>,
     },
-    /// Kept in full precision from a block-quantized source (a GGUF's Q8_0 embedding): written
-    /// as f32, decoded a few rows at a time by the writer, so the f32 copy (671 MB for a
-    /// 262k-token vocabulary) never exists in memory.
-    Decoded {
+    /// Kept in full precision, read from the source by the writer: float types as stored, block
+    /// types (a GGUF's Q8_0 embedding) decoded to f32 a few rows at a time, so no copy of a
+    /// 262k-token embedding (671 MB in f32) is ever held in memory.
+    Source {
         shape: Vec<usize>,
         source: lowbit_model::TensorHandle,
     },
@@ -450,6 +450,7 @@ pub fn quantize_streaming_ext(
         let e = weights.entry(n).expect("listed");
         let (rows, cols) = (e.shape[0], e.shape[1]);
         let w = weights.to_f32(n)?;
+        release_tensor(weights, n);
         let q = match &loaded {
             Some(f) => imatrix_from_file(f, &opts.quantizer, n, &w, rows, cols)?,
             None => rtn(&opts.quantizer, &w, rows, cols).with_context(|| format!("tensor {n}"))?,
@@ -511,7 +512,7 @@ impl OutTensor {
                         .map_err(|e| anyhow::anyhow!("{e}")),
                 )
             }
-            OutTensor::Decoded { shape, source } => {
+            OutTensor::Source { shape, source } => {
                 let mut v = vec![0f32; shape.iter().product()];
                 Some(
                     lowbit_formats::dequantize(source.dtype, source.data(), &mut v)
@@ -534,6 +535,10 @@ fn kept_tensor(
     let t = weights.require(n)?;
     let float = matches!(t.dtype, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16);
     let out = match (float, values) {
+        (_, None) if shape.len() == 2 => OutTensor::Source {
+            shape: shape.to_vec(),
+            source: weights.handle(n)?,
+        },
         (true, None) => OutTensor::Raw {
             dtype: t.dtype,
             shape: shape.to_vec(),
@@ -554,10 +559,6 @@ fn kept_tensor(
                 _ => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
             },
         },
-        (false, None) if shape.len() == 2 => OutTensor::Decoded {
-            shape: shape.to_vec(),
-            source: weights.handle(n)?,
-        },
         (false, v) => OutTensor::Plain {
             shape: shape.to_vec(),
             values: match v {
@@ -566,7 +567,7 @@ fn kept_tensor(
             },
         },
     };
-    if matches!(out, OutTensor::Decoded { .. }) {
+    if matches!(out, OutTensor::Source { .. }) {
         // Read later, by the writer.
         return Ok(out);
     }
@@ -990,6 +991,7 @@ fn calibrated_layers(
         let e = weights.entry(n).expect("target exists");
         let (rows, cols) = (e.shape[0], e.shape[1]);
         let w = weights.to_f32(n)?;
+        release_tensor(weights, n);
         let q = rtn(&opts.quantizer, &w, rows, cols).with_context(|| format!("tensor {n}"))?;
         reports.push(LayerReport {
             module: module_of(n).to_string(),

@@ -154,7 +154,7 @@ fn store_of(qm: &lowbit_quant::QuantizedModel) -> WeightStore {
                 shape,
                 bytes,
             } => (*dtype, shape.clone(), bytes.clone()),
-            OutTensor::Decoded { shape, .. } => (
+            OutTensor::Source { shape, .. } => (
                 GgmlType::F32,
                 shape.clone(),
                 t.kept_values()
