@@ -374,7 +374,11 @@ pub(crate) unsafe fn dot_rows(isa: Isa, job: &RowsJob<'_>, r0: usize, r1: usize,
 /// Software prefetch distance of the GEMV kernels in bytes (0: off, hardware prefetch only).
 /// 4 KiB ahead (at least one row group): +38% on Gemma-3's 178 MB Q8_0 output matrix on the
 /// 2-core dev VM (`examples/prefetch_ab`: 16.6 → 23 GB/s); the hardware prefetcher alone does
-/// not keep enough lines in flight for the interleaved rows of a group.
+/// not keep enough lines in flight for the interleaved rows of a group. The requests are issued
+/// one cache line at a time inside the block loops (each row asks for its own bytes `pf` ahead
+/// as it reads them): issuing a whole row group's lines at once at the start of the group
+/// filled the line-fill buffers and stalled the arithmetic (Q4_0 streaming 4096 × 4096 from
+/// DRAM: ~8 → ~11-14 GB/s on the loaded dev VM, Q8_0 ~9.5 → 13).
 static PREFETCH_BYTES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(4096);
 
 /// Set the GEMV software prefetch distance (bytes ahead of the rows being read; 0 turns it
@@ -486,22 +490,12 @@ mod x86 {
             0 => 0,
             d => d.max(GROUP * job.row_bytes),
         };
-        let end = job.data.as_ptr().add(r1 * job.row_bytes);
         while r + GROUP <= r1 {
             let w: [*const u8; GROUP] = std::array::from_fn(|k| job.row(r + k).as_ptr());
-            let mode = zmm::pf_mode();
-            if pf > 0 && mode == 1 {
-                // Ask for the weights `pf` bytes ahead of this group, one cache line at a time.
-                let from = w[0].add(pf);
-                let mut p = from;
-                while p < from.add(GROUP * job.row_bytes) && p < end {
-                    _mm_prefetch::<_MM_HINT_T0>(p as *const i8);
-                    p = p.add(64);
-                }
-            }
-            // Tokens inside the row group: the group's weights are read from DRAM once.
+            // Tokens inside the row group: the group's weights are read from DRAM once, and the
+            // first token's pass asks for the weights `pf` bytes ahead (see `pf_block`).
             for t in 0..job.tokens {
-                let d = if t == 0 && mode == 0 { pf } else { 0 };
+                let d = if t == 0 { pf } else { 0 };
                 let v = kernel::<O, GROUP>(job.dtype, w, job.act(t), d);
                 for (k, v) in v.into_iter().enumerate() {
                     *out.add(t * job.rows + r + k) = v;
@@ -927,15 +921,6 @@ mod x86 {
                 GgmlType::Q4_K => Some(Kind::Q4K),
                 _ => None,
             }
-        }
-
-        pub(in super::super) fn pf_mode() -> u8 {
-            static MODE: std::sync::OnceLock<u8> = std::sync::OnceLock::new();
-            *MODE.get_or_init(|| match std::env::var("LB_PFMODE").as_deref() {
-                Ok("group") => 1,
-                Ok("off") => 2,
-                _ => 0,
-            })
         }
 
         /// Whether [`rows`] handles this type and row length.
@@ -1392,22 +1377,12 @@ mod x86 {
                 0 => 0,
                 d => d.max(GROUP * job.row_bytes),
             };
-            let mode = pf_mode();
-            let end = job.data.as_ptr().add(r1 * job.row_bytes);
             let mut r = r0;
             while r + GROUP <= r1 {
                 let w: [*const u8; GROUP] = std::array::from_fn(|k| job.row(r + k).as_ptr());
-                if pf > 0 && mode == 1 {
-                    let from = w[0].add(pf);
-                    let mut p = from;
-                    while p < from.add(GROUP * job.row_bytes) && p < end {
-                        _mm_prefetch::<_MM_HINT_T0>(p as *const i8);
-                        p = p.add(64);
-                    }
-                }
                 for t in 0..job.tokens {
                     // The first token's pass prefetches; the others find the rows in cache.
-                    let d = if t == 0 && mode == 0 { pf } else { 0 };
+                    let d = if t == 0 { pf } else { 0 };
                     let v = kernel::<GROUP>(kind, w, act(t), d);
                     for (k, v) in v.into_iter().enumerate() {
                         *out.add(t * job.rows + r + k) = v;
