@@ -914,9 +914,9 @@ mod x86 {
         fn kind(t: GgmlType, nb: usize) -> Option<Kind> {
             // The block-of-32 formats go in pairs of blocks; an odd count keeps the 256-bit kernel.
             match t {
-                GgmlType::Q4_0 if nb % 2 == 0 => Some(Kind::Q4_0),
-                GgmlType::IQ4_NL if nb % 2 == 0 => Some(Kind::Iq4Nl),
-                GgmlType::MXFP4 if nb % 2 == 0 => Some(Kind::Mxfp4),
+                GgmlType::Q4_0 if nb.is_multiple_of(2) => Some(Kind::Q4_0),
+                GgmlType::IQ4_NL if nb.is_multiple_of(2) => Some(Kind::Iq4Nl),
+                GgmlType::MXFP4 if nb.is_multiple_of(2) => Some(Kind::Mxfp4),
                 GgmlType::LB_NVFP4 => Some(Kind::Nvfp4),
                 GgmlType::Q4_K => Some(Kind::Q4K),
                 _ => None,
@@ -1123,16 +1123,14 @@ mod x86 {
         /// of a row, when not `FULL`) starting at block `o`.
         #[inline(always)]
         unsafe fn octet<const N: usize, const FULL: bool>(
-            kind: Kind,
+            c: &Blocks32,
             w: &[*const u8; N],
             act: Act,
             o: usize,
             nblk: usize,
             acc: &mut [__m512; N],
-            table: __m512i,
-            pidx: &[__m512i; 4],
-            pf: usize,
         ) {
+            let kind = c.kind;
             let (bytes, off) = if kind == Kind::Mxfp4 {
                 (17, 1)
             } else {
@@ -1145,9 +1143,9 @@ mod x86 {
             let da8 = _mm256_loadu_ps(act.da.add(o));
             for k in 0..N {
                 let b = w[k].add(bytes * o);
-                prefetch(b, pf, bytes * 8);
+                prefetch(b, c.pf, bytes * 8);
                 let s8 = _mm512_castps256_ps512(_mm256_mul_ps(scales8::<FULL>(kind, b, nblk), da8));
-                for p in 0..pairs {
+                for (p, idx) in c.pidx.iter().enumerate().take(pairs) {
                     let mut q = split2(
                         b.add(bytes * 2 * p + off),
                         b.add(bytes * (2 * p + 1) + off),
@@ -1156,14 +1154,23 @@ mod x86 {
                         hi16,
                     );
                     if kind != Kind::Q4_0 {
-                        q = _mm512_shuffle_epi8(table, q);
+                        q = _mm512_shuffle_epi8(c.table, q);
                     }
                     let pa = o / 2 + p;
                     let s = _mm512_dpbusd_epi32(*act.init.add(pa), q, *act.qs.add(pa));
-                    let sc = _mm512_permutexvar_ps(pidx[p], s8);
+                    let sc = _mm512_permutexvar_ps(*idx, s8);
                     acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), sc, acc[k]);
                 }
             }
+        }
+
+        /// What [`octet`] needs besides the rows: the format, its code table (IQ4_NL, MXFP4),
+        /// the scale index vector of each pair and the prefetch distance.
+        struct Blocks32 {
+            kind: Kind,
+            table: __m512i,
+            pidx: [__m512i; 4],
+            pf: usize,
         }
 
         #[inline(always)]
@@ -1183,14 +1190,20 @@ mod x86 {
                 let (a, b) = (2 * p as i32, 2 * p as i32 + 1);
                 idx4(a, b, a, b)
             });
+            let c = Blocks32 {
+                kind,
+                table,
+                pidx,
+                pf,
+            };
             let mut acc = [_mm512_setzero_ps(); N];
             let mut o = 0;
             while o + 8 <= act.nb {
-                octet::<N, true>(kind, &w, act, o, 8, &mut acc, table, &pidx, pf);
+                octet::<N, true>(&c, &w, act, o, 8, &mut acc);
                 o += 8;
             }
             if o < act.nb {
-                octet::<N, false>(kind, &w, act, o, act.nb - o, &mut acc, table, &pidx, pf);
+                octet::<N, false>(&c, &w, act, o, act.nb - o, &mut acc);
             }
             if kind == Kind::Q4_0 {
                 acc.iter_mut()

@@ -111,6 +111,9 @@ pub struct ModelConfig {
     /// Dynamic per-token quantization of linear-layer inputs (W8A8 checkpoints: compressed-tensors
     /// `input_activations`); None runs activations in f32.
     pub act_quant: Option<crate::arch::act_quant::ActQuant>,
+    /// Modules `quantization_config.ignore` keeps in full precision (exact names or `re:`
+    /// patterns, as compressed-tensors writes them): their inputs are not quantized either.
+    pub quant_ignore: Vec<String>,
     /// Rotations applied to activations at inference because the checkpoint's weights were
     /// rotated on that side (`quantization_config.lowbit_rotation.online`, docs/FORMAT.md).
     pub online_rotations: Vec<OnlineRotationSpec>,
@@ -535,6 +538,16 @@ pub fn from_hf_config(cfg: &Value, path: &Path) -> Result<ModelConfig> {
                 .map_err(|e| ModelError::format(path, format!("quantization_config: {e}")))?,
             None => None,
         },
+        quant_ignore: cfg
+            .get("quantization_config")
+            .and_then(|qc| qc.get("ignore"))
+            .and_then(|v| v.as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default(),
         online_rotations: online_rotations(
             root,
             get_usize(cfg, "intermediate_size").unwrap_or(0),

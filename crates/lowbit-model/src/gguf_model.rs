@@ -139,6 +139,7 @@ pub fn config_from_gguf(g: &GgufFile, w: &WeightStore) -> Result<ModelConfig> {
         bos_token_id: num(g.metadata.get("tokenizer.ggml.bos_token_id")).map(|v| v as u32),
         eos_token_id: num(g.metadata.get("tokenizer.ggml.eos_token_id")).map(|v| v as u32),
         act_quant: None,
+        quant_ignore: Vec::new(),
         online_rotations: Vec::new(),
         kv_cache: None,
     };

@@ -155,6 +155,7 @@ pub fn open_llama2c(path: &Path) -> Result<(ModelConfig, WeightStore)> {
         bos_token_id: Some(1),
         eos_token_id: Some(2),
         act_quant: None,
+        quant_ignore: Vec::new(),
         online_rotations: Vec::new(),
         kv_cache: None,
     };

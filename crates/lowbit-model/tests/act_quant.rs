@@ -56,5 +56,24 @@ fn every_linear_quantizes_its_input() {
         let m8 = Transformer::load(c8, &w).unwrap();
         assert_eq!(m8.layers[0].attn.q.act_quant, Some(ActQuant::Int8));
         assert_eq!(m8.lm_head.act_quant, None);
+        // Modules quantization_config.ignore keeps in full precision keep f32 inputs too
+        // (exact names and compressed-tensors' `re:` patterns).
+        let mut ci = c.clone();
+        ci.act_quant = Some(ActQuant::Int8);
+        ci.quant_ignore = vec![
+            "model.layers.0.self_attn.q_proj".into(),
+            "re:.*mlp\\.down_proj$".into(),
+        ];
+        let mi = Transformer::load(ci, &w).unwrap();
+        assert_eq!(mi.layers[0].attn.q.act_quant, None);
+        assert_eq!(mi.layers[0].attn.k.act_quant, Some(ActQuant::Int8));
+        assert_eq!(mi.layers[1].attn.q.act_quant, Some(ActQuant::Int8));
+        for l in &mi.layers {
+            let lowbit_model::arch::blocks::FeedForward::Dense(mlp) = &l.ffn else {
+                unreachable!()
+            };
+            assert_eq!(mlp.down.act_quant, None);
+            assert_eq!(mlp.up.act_quant, Some(ActQuant::Int8));
+        }
     }
 }

@@ -117,6 +117,46 @@ impl ActQuant {
 impl Transformer {
     /// Quantize the inputs of every decoder-layer linear (not the embedding or the output head,
     /// which quantized checkpoints keep in full precision) with `act`, or stop doing so (None).
+    /// Modules the checkpoint keeps in full precision (`config.quant_ignore`) run their inputs
+    /// unquantized too, as vLLM does: W8A8 applies to quantized linears only.
+    pub fn clear_activation_quant_of_ignored(&mut self) -> Result<()> {
+        if self.config.quant_ignore.is_empty() {
+            return Ok(());
+        }
+        let mut exact = std::collections::HashSet::new();
+        let mut patterns = Vec::new();
+        for e in &self.config.quant_ignore {
+            match e.strip_prefix("re:") {
+                Some(p) => patterns.push(fancy_regex::Regex::new(p).map_err(|err| {
+                    ModelError::Other(format!("quantization_config.ignore pattern {e}: {err}"))
+                })?),
+                None => {
+                    exact.insert(e.as_str());
+                }
+            }
+        }
+        let ignored = |name: &str| {
+            let module = name.strip_suffix(".weight").unwrap_or(name);
+            exact.contains(module) || patterns.iter().any(|p| p.is_match(module).unwrap_or(false))
+        };
+        for layer in self.layers.iter_mut() {
+            let at = &mut layer.attn;
+            for l in [&mut at.q, &mut at.k, &mut at.v, &mut at.o] {
+                if ignored(&l.tensor.name) {
+                    l.act_quant = None;
+                }
+            }
+            if let FeedForward::Dense(m) = &mut layer.ffn {
+                for l in [&mut m.gate, &mut m.up, &mut m.down] {
+                    if ignored(&l.tensor.name) {
+                        l.act_quant = None;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub fn set_activation_quant(&mut self, act: Option<ActQuant>) -> Result<()> {
         for (i, layer) in self.layers.iter_mut().enumerate() {
             let at = &mut layer.attn;

@@ -103,6 +103,7 @@ impl Transformer {
         };
         if act_quant.is_some() {
             t.set_activation_quant(act_quant)?;
+            t.clear_activation_quant_of_ignored()?;
         }
         Ok(t)
     }
