@@ -15,6 +15,10 @@
 //! additions. The AVX2 path's `vpmaddubsw` saturates at 16 bits, so unsigned quants go in
 //! unshifted (≤ 63 · 127 · 2 < 32767) and signed weights use the sign trick (`|a|`, `w·sign(a)`),
 //! which needs `w ≠ -128`: ggml's Q8_0 quantizer never writes -128 (its scale is `amax/127`).
+//! With AVX-512 VNNI the 4-bit formats (Q4_0, IQ4_NL, MXFP4 with an even number of blocks per
+//! row, LB_NVFP4, Q4_K) use 512-bit kernels (`x86::zmm`: 64 codes per `vpdpbusd`, activations
+//! rearranged once per task, block scales converted 8 at a time); `LOWBIT_GEMV512=0` in the
+//! environment keeps them on the 256-bit kernels (A/B timing).
 
 use lowbit_formats::GgmlType;
 
@@ -1119,10 +1123,26 @@ mod x86 {
             }
         }
 
+        /// The block-of-32 formats of [`blocks32`] as const parameters (one compiled kernel
+        /// each, no format tests inside the loops).
+        const K_Q4_0: u8 = 0;
+        const K_IQ4_NL: u8 = 1;
+        const K_MXFP4: u8 = 2;
+
+        const fn kind_of(k: u8) -> Kind {
+            match k {
+                K_Q4_0 => Kind::Q4_0,
+                K_IQ4_NL => Kind::Iq4Nl,
+                _ => Kind::Mxfp4,
+            }
+        }
+
         /// Q4_0 / IQ4_NL / MXFP4: blocks of 32 with one scale, 8 blocks (`nblk` < 8 in the tail
-        /// of a row, when not `FULL`) starting at block `o`.
+        /// of a row, when not `FULL`) starting at block `o`. The scales of every row first, then
+        /// per pair of blocks the rows innermost: the activations are loaded once per pair and
+        /// the accumulators stay in registers.
         #[inline(always)]
-        unsafe fn octet<const N: usize, const FULL: bool>(
+        unsafe fn octet<const N: usize, const K: u8, const FULL: bool>(
             c: &Blocks32,
             w: &[*const u8; N],
             act: Act,
@@ -1130,7 +1150,7 @@ mod x86 {
             nblk: usize,
             acc: &mut [__m512; N],
         ) {
-            let kind = c.kind;
+            let kind = kind_of(K);
             let (bytes, off) = if kind == Kind::Mxfp4 {
                 (17, 1)
             } else {
@@ -1141,45 +1161,42 @@ mod x86 {
             let hi16 = kind == Kind::Q4_0;
             let mask = nibble_mask(hi16);
             let da8 = _mm256_loadu_ps(act.da.add(o));
-            for k in 0..N {
+            let s8: [__m512; N] = std::array::from_fn(|k| {
                 let b = w[k].add(bytes * o);
                 prefetch(b, c.pf, bytes * 8);
-                let s8 = _mm512_castps256_ps512(_mm256_mul_ps(scales8::<FULL>(kind, b, nblk), da8));
-                for (p, idx) in c.pidx.iter().enumerate().take(pairs) {
-                    let mut q = split2(
-                        b.add(bytes * 2 * p + off),
-                        b.add(bytes * (2 * p + 1) + off),
-                        sh,
-                        mask,
-                        hi16,
-                    );
+                _mm512_castps256_ps512(_mm256_mul_ps(scales8::<FULL>(kind, b, nblk), da8))
+            });
+            for (p, idx) in c.pidx.iter().enumerate().take(pairs) {
+                let pa = o / 2 + p;
+                let (init, a) = (*act.init.add(pa), *act.qs.add(pa));
+                for k in 0..N {
+                    let b = w[k].add(bytes * (o + 2 * p) + off);
+                    let mut q = split2(b, b.add(bytes), sh, mask, hi16);
                     if kind != Kind::Q4_0 {
                         q = _mm512_shuffle_epi8(c.table, q);
                     }
-                    let pa = o / 2 + p;
-                    let s = _mm512_dpbusd_epi32(*act.init.add(pa), q, *act.qs.add(pa));
-                    let sc = _mm512_permutexvar_ps(*idx, s8);
+                    let s = _mm512_dpbusd_epi32(init, q, a);
+                    let sc = _mm512_permutexvar_ps(*idx, s8[k]);
                     acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), sc, acc[k]);
                 }
             }
         }
 
-        /// What [`octet`] needs besides the rows: the format, its code table (IQ4_NL, MXFP4),
-        /// the scale index vector of each pair and the prefetch distance.
+        /// What [`octet`] needs besides the rows: its code table (IQ4_NL, MXFP4), the scale
+        /// index vector of each pair and the prefetch distance.
         struct Blocks32 {
-            kind: Kind,
             table: __m512i,
             pidx: [__m512i; 4],
             pf: usize,
         }
 
         #[inline(always)]
-        unsafe fn blocks32<const N: usize>(
-            kind: Kind,
+        unsafe fn blocks32<const N: usize, const K: u8>(
             w: [*const u8; N],
             act: Act,
             pf: usize,
         ) -> [f32; N] {
+            let kind = kind_of(K);
             // Codes offset to be unsigned (see `zero_point`).
             let table: [u8; 16] = match kind {
                 Kind::Iq4Nl => std::array::from_fn(|i| (KVALUES_IQ4NL[i] as i32 + 128) as u8),
@@ -1190,20 +1207,15 @@ mod x86 {
                 let (a, b) = (2 * p as i32, 2 * p as i32 + 1);
                 idx4(a, b, a, b)
             });
-            let c = Blocks32 {
-                kind,
-                table,
-                pidx,
-                pf,
-            };
+            let c = Blocks32 { table, pidx, pf };
             let mut acc = [_mm512_setzero_ps(); N];
             let mut o = 0;
             while o + 8 <= act.nb {
-                octet::<N, true>(&c, &w, act, o, 8, &mut acc);
+                octet::<N, K, true>(&c, &w, act, o, 8, &mut acc);
                 o += 8;
             }
             if o < act.nb {
-                octet::<N, false>(&c, &w, act, o, act.nb - o, &mut acc);
+                octet::<N, K, false>(&c, &w, act, o, act.nb - o, &mut acc);
             }
             if kind == Kind::Q4_0 {
                 acc.iter_mut()
@@ -1234,6 +1246,7 @@ mod x86 {
             const BYTES: usize = lowbit_formats::lb_nvfp4::BLOCK_BYTES;
             let table = _mm512_broadcast_i32x4(_mm_loadu_si128(MXFP4_U.as_ptr() as *const __m128i));
             let sh = shifts();
+            let mask = _mm512_set1_epi8(0x0F);
             // Sub-scale j = 2·block + half; pair p holds blocks 2p (lanes 0, 2) and 2p + 1.
             let pidx = [idx4(0, 2, 1, 3), idx4(4, 6, 5, 7)];
             let halves = _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3);
@@ -1241,7 +1254,7 @@ mod x86 {
             for blk in 0..act.nb / 4 {
                 let da4 = _mm256_castps128_ps256(_mm_loadu_ps(act.da.add(4 * blk)));
                 let dd = _mm256_mul_ps(_mm256_permutevar8x32_ps(da4, halves), _mm256_set1_ps(0.5));
-                for k in 0..N {
+                let s8: [__m512; N] = std::array::from_fn(|k| {
                     let b = w[k].add(BYTES * blk);
                     prefetch(b, pf, BYTES);
                     let g = _mm256_set1_ps((b as *const f32).read_unaligned());
@@ -1251,14 +1264,16 @@ mod x86 {
                         _mm_slli_epi16::<7>(_mm_and_si128(e, _mm_set1_epi16(0x7F))),
                     );
                     let e4m3 = _mm256_mul_ps(_mm256_cvtph_ps(h), _mm256_set1_ps(256.0));
-                    let s8 = _mm256_mul_ps(_mm256_div_ps(e4m3, g), dd);
-                    let s8 = _mm512_castps256_ps512(s8);
-                    for (p, idx) in pidx.iter().enumerate() {
-                        let q = split32(b.add(12 + 32 * p), sh, _mm512_set1_epi8(0x0F), false);
-                        let q = _mm512_shuffle_epi8(table, q);
-                        let pa = 2 * blk + p;
-                        let s = _mm512_dpbusd_epi32(*act.init.add(pa), q, *act.qs.add(pa));
-                        let sc = _mm512_permutexvar_ps(*idx, s8);
+                    _mm512_castps256_ps512(_mm256_mul_ps(_mm256_div_ps(e4m3, g), dd))
+                });
+                for (p, idx) in pidx.iter().enumerate() {
+                    let pa = 2 * blk + p;
+                    let (init, a) = (*act.init.add(pa), *act.qs.add(pa));
+                    for k in 0..N {
+                        let b = w[k].add(BYTES * blk + 12 + 32 * p);
+                        let q = _mm512_shuffle_epi8(table, split32(b, sh, mask, false));
+                        let s = _mm512_dpbusd_epi32(init, q, a);
+                        let sc = _mm512_permutexvar_ps(*idx, s8[k]);
                         acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), sc, acc[k]);
                     }
                 }
@@ -1277,17 +1292,17 @@ mod x86 {
         #[inline(always)]
         unsafe fn q4_k<const N: usize>(w: [*const u8; N], act: Act, pf: usize) -> [f32; N] {
             let sh = shifts();
+            let mask = nibble_mask(true);
             let pidx: [__m512i; 4] = std::array::from_fn(|c| {
                 let (a, b) = (2 * c as i32, 2 * c as i32 + 1);
                 idx4(a, a, b, b)
             });
             let mut acc = [_mm512_setzero_ps(); N];
             let mut mins = [_mm256_setzero_ps(); N];
-            let mask = nibble_mask(true);
             for sb in 0..act.nb / 8 {
                 let da8 = _mm256_loadu_ps(act.da.add(8 * sb));
                 let ds8 = _mm256_loadu_ps(act.dsum.add(8 * sb));
-                for k in 0..N {
+                let s8: [__m512; N] = std::array::from_fn(|k| {
                     let b = w[k].add(144 * sb);
                     prefetch(b, pf, 144);
                     // The 6-bit scales and mins (`scale_min_k4`) four bytes at a time.
@@ -1299,14 +1314,15 @@ mod x86 {
                     let mn = (s1 & 0x3F3F_3F3F) as u64 | (mn_hi as u64) << 32;
                     let d = super::f16_splat(b);
                     let dmin = super::f16_splat(b.add(2));
-                    let s8 = _mm256_mul_ps(_mm256_mul_ps(u8x8_to_ps(sc), d), da8);
                     mins[k] = _mm256_fmadd_ps(_mm256_mul_ps(u8x8_to_ps(mn), dmin), ds8, mins[k]);
-                    let s8 = _mm512_castps256_ps512(s8);
-                    for (c, idx) in pidx.iter().enumerate() {
-                        let q = split32(b.add(16 + 32 * c), sh, mask, true);
-                        let dot =
-                            _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, *act.qs.add(4 * sb + c));
-                        let sc = _mm512_permutexvar_ps(*idx, s8);
+                    _mm512_castps256_ps512(_mm256_mul_ps(_mm256_mul_ps(u8x8_to_ps(sc), d), da8))
+                });
+                for (c, idx) in pidx.iter().enumerate() {
+                    let a = *act.qs.add(4 * sb + c);
+                    for k in 0..N {
+                        let q = split32(w[k].add(144 * sb + 16 + 32 * c), sh, mask, true);
+                        let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, a);
+                        let sc = _mm512_permutexvar_ps(*idx, s8[k]);
                         acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), sc, acc[k]);
                     }
                 }
@@ -1326,7 +1342,9 @@ mod x86 {
             match kind {
                 Kind::Q4K => q4_k::<N>(w, act, pf),
                 Kind::Nvfp4 => nvfp4::<N>(w, act, pf),
-                _ => blocks32::<N>(kind, w, act, pf),
+                Kind::Q4_0 => blocks32::<N, K_Q4_0>(w, act, pf),
+                Kind::Iq4Nl => blocks32::<N, K_IQ4_NL>(w, act, pf),
+                Kind::Mxfp4 => blocks32::<N, K_MXFP4>(w, act, pf),
             }
         }
 

@@ -458,14 +458,7 @@ impl<'b> GpuModel<'b> {
     ) -> Result<()> {
         match l.act {
             Some(act) => {
-                let f = be.func("act_quant_rows_f32")?;
-                let cfg = LaunchConfig {
-                    grid_dim: (b as u32, 1, 1),
-                    block_dim: (256, 1, 1),
-                    shared_mem_bytes: 0,
-                };
-                let (n, kind) = (l.w.cols as i32, (act == ActQuant::Fp8E4M3) as i32);
-                be.launch(f, cfg, |a| a.arg(x).arg(&mut *xq).arg(&n).arg(&kind))?;
+                act_quantize(be, act, x, xq, b, l.w.cols)?;
                 be.gemv(&l.w, xq, b, y)?;
             }
             None => be.gemv(&l.w, x, b, y)?,
@@ -729,6 +722,34 @@ impl<'b> GpuModel<'b> {
         }
         Ok(out)
     }
+}
+
+/// W8A8 dynamic per-token activation quantization on the device: `y` = each of the first `rows`
+/// rows of `x` (`cols` values) quantized and dequantized exactly as
+/// [`ActQuant::fake_quantize_row`] does on the CPU.
+pub fn act_quantize(
+    be: &CudaBackend,
+    act: ActQuant,
+    x: &CudaSlice<f32>,
+    y: &mut CudaSlice<f32>,
+    rows: usize,
+    cols: usize,
+) -> Result<()> {
+    if x.len() < rows * cols || y.len() < rows * cols {
+        return Err(Error::Shape(format!(
+            "act_quantize: buffers of {} and {} values hold fewer than {rows} rows of {cols}",
+            x.len(),
+            y.len()
+        )));
+    }
+    let f = be.func("act_quant_rows_f32")?;
+    let cfg = LaunchConfig {
+        grid_dim: (rows as u32, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let (n, kind) = (cols as i32, (act == ActQuant::Fp8E4M3) as i32);
+    be.launch(f, cfg, |a| a.arg(x).arg(y).arg(&n).arg(&kind))
 }
 
 /// Upload one linear layer in the best device layout for its stored type.
