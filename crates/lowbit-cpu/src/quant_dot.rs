@@ -392,6 +392,15 @@ pub fn set_prefetch_bytes(bytes: usize) {
     PREFETCH_BYTES.store(bytes, std::sync::atomic::Ordering::Relaxed);
 }
 
+/// 0: prefetch inside the block loops; 1: a row group's lines at the start of the group.
+static PREFETCH_GROUP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Experiment switch of the prefetch pattern (see [`PREFETCH_GROUP`]).
+#[doc(hidden)]
+pub fn set_prefetch_group(on: bool) {
+    PREFETCH_GROUP.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Whether `w` (one row) and `a` have matching lengths for type `t`.
 pub(crate) fn row_matches(t: GgmlType, row_bytes: usize, nb: usize) -> bool {
     let (bytes, vals) = block_shape(t);
@@ -494,12 +503,17 @@ mod x86 {
             0 => 0,
             d => d.max(GROUP * job.row_bytes),
         };
+        let group = super::PREFETCH_GROUP.load(std::sync::atomic::Ordering::Relaxed);
+        let end = job.data.as_ptr().add(r1 * job.row_bytes);
         while r + GROUP <= r1 {
             let w: [*const u8; GROUP] = std::array::from_fn(|k| job.row(r + k).as_ptr());
+            if group && pf > 0 {
+                group_prefetch(w[0].add(pf), GROUP * job.row_bytes, end);
+            }
             // Tokens inside the row group: the group's weights are read from DRAM once, and the
             // first token's pass asks for the weights `pf` bytes ahead (see `pf_block`).
             for t in 0..job.tokens {
-                let d = if t == 0 { pf } else { 0 };
+                let d = if t == 0 && !group { pf } else { 0 };
                 let v = kernel::<O, GROUP>(job.dtype, w, job.act(t), d);
                 for (k, v) in v.into_iter().enumerate() {
                     *out.add(t * job.rows + r + k) = v;
@@ -557,6 +571,16 @@ mod x86 {
             _mm_prefetch::<_MM_HINT_T0>(last as *const i8);
         } else if (a as usize).wrapping_sub(1) >> 6 != last as usize >> 6 {
             _mm_prefetch::<_MM_HINT_T0>(last as *const i8);
+        }
+    }
+
+    /// Every cache line of `len` bytes from `from` (not past `end`).
+    #[inline(always)]
+    unsafe fn group_prefetch(from: *const u8, len: usize, end: *const u8) {
+        let mut p = from;
+        while p < from.wrapping_add(len) && p < end {
+            _mm_prefetch::<_MM_HINT_T0>(p as *const i8);
+            p = p.wrapping_add(64);
         }
     }
 
@@ -1409,11 +1433,16 @@ mod x86 {
                 d => d.max(GROUP * job.row_bytes),
             };
             let mut r = r0;
+            let group = super::super::PREFETCH_GROUP.load(std::sync::atomic::Ordering::Relaxed);
+            let end = job.data.as_ptr().add(r1 * job.row_bytes);
             while r + GROUP <= r1 {
                 let w: [*const u8; GROUP] = std::array::from_fn(|k| job.row(r + k).as_ptr());
+                if group && pf > 0 {
+                    super::group_prefetch(w[0].add(pf), GROUP * job.row_bytes, end);
+                }
                 for t in 0..job.tokens {
                     // The first token's pass prefetches; the others find the rows in cache.
-                    let d = if t == 0 { pf } else { 0 };
+                    let d = if t == 0 && !group { pf } else { 0 };
                     let v = kernel::<GROUP>(kind, w, act(t), d);
                     for (k, v) in v.into_iter().enumerate() {
                         *out.add(t * job.rows + r + k) = v;
