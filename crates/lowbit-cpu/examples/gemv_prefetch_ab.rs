@@ -63,14 +63,14 @@ fn main() {
         for _ in 0..7 {
             for (i, &(d, g)) in dists.iter().enumerate() {
                 quant_dot::set_prefetch_bytes(d);
-                quant_dot::set_prefetch_group(g);
+                quant_dot::set_prefetch_group(Some(g));
                 let s = Instant::now();
                 mats.iter().for_each(|&w| matmul(&x, w, &mut y));
                 times[i].push(s.elapsed().as_secs_f64());
             }
         }
         quant_dot::set_prefetch_bytes(4096);
-        quant_dot::set_prefetch_group(false);
+        quant_dot::set_prefetch_group(None);
         for (i, (d, g)) in dists.iter().enumerate() {
             let v = &mut times[i];
             v.sort_by(|a, b| a.partial_cmp(b).unwrap());

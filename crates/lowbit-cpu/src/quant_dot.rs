@@ -378,10 +378,11 @@ pub(crate) unsafe fn dot_rows(isa: Isa, job: &RowsJob<'_>, r0: usize, r1: usize,
 /// Software prefetch distance of the GEMV kernels in bytes (0: off, hardware prefetch only).
 /// 4 KiB ahead (at least one row group): +38% on Gemma-3's 178 MB Q8_0 output matrix on the
 /// 2-core dev VM (`examples/prefetch_ab`: 16.6 → 23 GB/s); the hardware prefetcher alone does
-/// not keep enough lines in flight for the interleaved rows of a group. The requests are issued
-/// one cache line at a time inside the block loops (each row asks for its own bytes `pf` ahead
-/// as it reads them): issuing a whole row group's lines at once at the start of the group
-/// filled the line-fill buffers and stalled the arithmetic (Q4_0 streaming 4096 × 4096 from
+/// not keep enough lines in flight for the interleaved rows of a group. On long rows the
+/// requests are issued one cache line at a time inside the block loops (each row asks for its
+/// own bytes `pf` ahead as it reads them; short rows: see [`PREFETCH_MODE`]): issuing a whole
+/// row group's lines at once at the start of the group filled the line-fill buffers and stalled
+/// the arithmetic (Q4_0 streaming 4096 × 4096 from
 /// DRAM: ~8 → ~11-14 GB/s on the loaded dev VM, Q8_0 ~9.5 → 13).
 static PREFETCH_BYTES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(4096);
 
@@ -392,13 +393,35 @@ pub fn set_prefetch_bytes(bytes: usize) {
     PREFETCH_BYTES.store(bytes, std::sync::atomic::Ordering::Relaxed);
 }
 
-/// 0: prefetch inside the block loops; 1: a row group's lines at the start of the group.
-static PREFETCH_GROUP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// How the prefetches are issued: 0 (auto) a row group's lines at the start of the group when
+/// the group holds at most [`GROUP_PREFETCH_MAX_BYTES`], otherwise inside the block loops (see
+/// `pf_block`); 1: always inside the block loops; 2: always per group.
+static PREFETCH_MODE: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
 
-/// Experiment switch of the prefetch pattern (see [`PREFETCH_GROUP`]).
+/// Row groups up to this size are prefetched in one burst: on short rows that was faster
+/// (Gemma-3's 262144 × 640 Q8_0 output matrix: 19.8 vs 17.6-18.2 GB/s, `gemv_prefetch_ab`),
+/// while on long rows the burst stalls the arithmetic (4096 × 4096: 11.3 vs 14.6 GB/s).
+const GROUP_PREFETCH_MAX_BYTES: usize = 4096;
+
+/// Experiment switch of the prefetch pattern: `None` automatic, `Some(true)` per row group,
+/// `Some(false)` inside the block loops (see [`PREFETCH_MODE`]).
 #[doc(hidden)]
-pub fn set_prefetch_group(on: bool) {
-    PREFETCH_GROUP.store(on, std::sync::atomic::Ordering::Relaxed);
+pub fn set_prefetch_group(mode: Option<bool>) {
+    let m = match mode {
+        None => 0,
+        Some(false) => 1,
+        Some(true) => 2,
+    };
+    PREFETCH_MODE.store(m, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether a row group of `group_bytes` is prefetched in one burst (see [`PREFETCH_MODE`]).
+fn group_prefetch_for(group_bytes: usize) -> bool {
+    match PREFETCH_MODE.load(std::sync::atomic::Ordering::Relaxed) {
+        1 => false,
+        2 => true,
+        _ => group_bytes <= GROUP_PREFETCH_MAX_BYTES,
+    }
 }
 
 /// Whether `w` (one row) and `a` have matching lengths for type `t`.
@@ -503,7 +526,7 @@ mod x86 {
             0 => 0,
             d => d.max(GROUP * job.row_bytes),
         };
-        let group = super::PREFETCH_GROUP.load(std::sync::atomic::Ordering::Relaxed);
+        let group = super::group_prefetch_for(GROUP * job.row_bytes);
         let end = job.data.as_ptr().add(r1 * job.row_bytes);
         while r + GROUP <= r1 {
             let w: [*const u8; GROUP] = std::array::from_fn(|k| job.row(r + k).as_ptr());
@@ -1433,7 +1456,7 @@ mod x86 {
                 d => d.max(GROUP * job.row_bytes),
             };
             let mut r = r0;
-            let group = super::super::PREFETCH_GROUP.load(std::sync::atomic::Ordering::Relaxed);
+            let group = super::super::group_prefetch_for(GROUP * job.row_bytes);
             let end = job.data.as_ptr().add(r1 * job.row_bytes);
             while r + GROUP <= r1 {
                 let w: [*const u8; GROUP] = std::array::from_fn(|k| job.row(r + k).as_ptr());
