@@ -17,6 +17,39 @@ pub fn matmul_f64(
     matmul_f64_strided(dst, n, a, k, b, n, m, k, n, accumulate, sign);
 }
 
+/// `dst (m × n) = a (m × k) · b (k × n)`, all row-major f32 (the gemm crate, rayon-parallel).
+pub fn matmul_f32(dst: &mut [f32], a: &[f32], b: &[f32], m: usize, k: usize, n: usize) {
+    if m == 0 || n == 0 || k == 0 {
+        return;
+    }
+    assert!(dst.len() >= m * n && a.len() >= m * k && b.len() >= k * n);
+    // SAFETY: the assert shows every element addressed lies inside the slices; dst does not
+    // alias a or b (borrow rules).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            a.as_ptr(),
+            1,
+            k as isize,
+            b.as_ptr(),
+            1,
+            n as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::Rayon(0),
+        );
+    }
+}
+
 /// As [`matmul_f64`] with row strides (`*_rs`) for sub-matrices of larger row-major matrices.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_f64_strided(
