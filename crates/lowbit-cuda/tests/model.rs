@@ -259,12 +259,17 @@ fn w8a8_activation_quantization_runs_like_the_cpu() {
                 .unwrap();
             let mut gpu = GpuModel::upload(&be, &model, prefill.len()).unwrap();
             let g = gpu.forward(&prefill, 0).unwrap();
-            let (e_dev, e_cpu, e_gpu) = (rel_l2(&g, &cpu), rel_l2(&cpu, &exact), rel_l2(&g, &exact));
+            let (e_dev, e_cpu, e_gpu) =
+                (rel_l2(&g, &cpu), rel_l2(&cpu, &exact), rel_l2(&g, &exact));
             println!(
                 "{arch} {}: GPU vs CPU {e_dev:.2e}; vs unquantized: CPU {e_cpu:.2e}, GPU {e_gpu:.2e}",
                 act.name()
             );
-            assert!(e_gpu < 1.5 * e_cpu + 1e-3, "{arch} {}: GPU {e_gpu:.3e} vs CPU {e_cpu:.3e}", act.name());
+            assert!(
+                e_gpu < 1.5 * e_cpu + 1e-3,
+                "{arch} {}: GPU {e_gpu:.3e} vs CPU {e_cpu:.3e}",
+                act.name()
+            );
         }
     }
 }

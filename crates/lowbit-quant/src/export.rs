@@ -845,7 +845,8 @@ impl ModelWriter {
                     const CHUNK: usize = 16 << 20;
                     let data = source.data();
                     for (i, c) in data.chunks(CHUNK).enumerate() {
-                        file.write_all_at(c, *off + (i * CHUNK) as u64).map_err(werr)?;
+                        file.write_all_at(c, *off + (i * CHUNK) as u64)
+                            .map_err(werr)?;
                         crate::pipeline::release_pages(c);
                     }
                 }

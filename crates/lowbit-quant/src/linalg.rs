@@ -199,7 +199,19 @@ pub fn cholesky_lower(a: &mut [f64], n: usize) -> Result<()> {
         let lhs: Vec<f64> = (0..m)
             .flat_map(|i| tail[i * n + k0..i * n + k1].iter().copied())
             .collect();
-        matmul_f64_strided(&mut tail[k1..], n, &lhs, kb, &panel_t, m, m, kb, m, true, -1.0);
+        matmul_f64_strided(
+            &mut tail[k1..],
+            n,
+            &lhs,
+            kb,
+            &panel_t,
+            m,
+            m,
+            kb,
+            m,
+            true,
+            -1.0,
+        );
     }
     for i in 0..n {
         a[i * n + i + 1..(i + 1) * n].fill(0.0);
@@ -234,7 +246,11 @@ pub fn inverse_lower(l: &[f64], n: usize) -> Vec<f64> {
     let m = n - h;
     let sub = |r0: usize, c0: usize, rows: usize, cols: usize| -> Vec<f64> {
         (0..rows)
-            .flat_map(|i| l[(r0 + i) * n + c0..(r0 + i) * n + c0 + cols].iter().copied())
+            .flat_map(|i| {
+                l[(r0 + i) * n + c0..(r0 + i) * n + c0 + cols]
+                    .iter()
+                    .copied()
+            })
             .collect()
     };
     let a = inverse_lower(&sub(0, 0, h, h), h);
@@ -374,8 +390,15 @@ mod tests {
         let mut want = h.clone();
         for i in 0..n {
             for j in 0..=i {
-                let s: f64 = want[i * n + j] - (0..j).map(|k| want[i * n + k] * want[j * n + k]).sum::<f64>();
-                want[i * n + j] = if i == j { s.sqrt() } else { s / want[j * n + j] };
+                let s: f64 = want[i * n + j]
+                    - (0..j)
+                        .map(|k| want[i * n + k] * want[j * n + k])
+                        .sum::<f64>();
+                want[i * n + j] = if i == j {
+                    s.sqrt()
+                } else {
+                    s / want[j * n + j]
+                };
             }
             for j in i + 1..n {
                 want[i * n + j] = 0.0;
@@ -384,12 +407,18 @@ mod tests {
         let mut got = h.clone();
         cholesky_lower(&mut got, n).unwrap();
         let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
-        let err = got.iter().zip(&want).fold(0f64, |m, (a, b)| m.max((a - b).abs()));
+        let err = got
+            .iter()
+            .zip(&want)
+            .fold(0f64, |m, (a, b)| m.max((a - b).abs()));
         assert!(err < 1e-10 * scale, "cholesky: {err:e}");
         let inv = inverse_lower(&got, n);
         let inv_ref = inverse_lower_unblocked(&got, n);
         let scale = inv_ref.iter().fold(0f64, |m, v| m.max(v.abs()));
-        let err = inv.iter().zip(&inv_ref).fold(0f64, |m, (a, b)| m.max((a - b).abs()));
+        let err = inv
+            .iter()
+            .zip(&inv_ref)
+            .fold(0f64, |m, (a, b)| m.max((a - b).abs()));
         assert!(err < 1e-10 * scale, "inverse: {err:e}");
     }
 
