@@ -1,24 +1,8 @@
 //! `lowbit quantize --export gguf` and `lowbit eval compare` end to end on llama2.c stories260K:
 //! a GGUF export and an MXFP4 checkpoint compared with the base in one table, JSON and SVG.
 
-use std::path::PathBuf;
-use std::process::Command;
-
-fn data() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data")
-}
-
-fn lowbit(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_lowbit"))
-        .args(args)
-        .output()
-        .expect("run lowbit");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+mod common;
+use common::{data, lowbit};
 
 #[test]
 fn export_gguf_then_compare_with_plot() {

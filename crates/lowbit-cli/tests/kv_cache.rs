@@ -3,37 +3,14 @@
 //! cache in config.json and the loader honours it, `run` and `bench` accept it, bad values are
 //! refused by name.
 
-use std::path::PathBuf;
-use std::process::Command;
-
-fn data() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data")
-}
-
-fn lowbit(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_lowbit"))
-        .args(args)
-        .output()
-        .expect("run lowbit");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+mod common;
+use common::lowbit;
 
 #[test]
 fn kv_flags_end_to_end() {
-    let model = data().join("models/stories260K.bin");
-    let text = data().join("text/wikitext-2-raw-test.txt");
-    if !model.exists() || !text.exists() {
-        eprintln!("skipping: test data not found under {}", data().display());
+    let Some((model, text)) = common::stories_and_text() else {
         return;
-    }
-    let (model, text) = (
-        model.to_str().unwrap().to_string(),
-        text.to_str().unwrap().to_string(),
-    );
+    };
     let kld = |m: &str, extra: &[&str]| {
         let mut args = vec![
             "eval", "kld", "-m", m, "--base", &model, "--text", &text, "--ctx", "64", "--chunks",

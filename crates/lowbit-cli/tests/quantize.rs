@@ -2,37 +2,14 @@
 //! `lowbit eval kld` compares them with the base, `lowbit run` generates from them, and an existing
 //! output and an over-tight `--max-memory` are refused with clear errors.
 
-use std::path::PathBuf;
-use std::process::Command;
-
-fn data() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data")
-}
-
-fn lowbit(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_lowbit"))
-        .args(args)
-        .output()
-        .expect("run lowbit");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+mod common;
+use common::lowbit;
 
 #[test]
 fn quantize_then_eval_kld_and_run() {
-    let model = data().join("models/stories260K.bin");
-    let text = data().join("text/wikitext-2-raw-test.txt");
-    if !model.exists() || !text.exists() {
-        eprintln!("skipping: test data not found under {}", data().display());
+    let Some((model, text)) = common::stories_and_text() else {
         return;
-    }
-    let (model, text) = (
-        model.to_str().unwrap().to_string(),
-        text.to_str().unwrap().to_string(),
-    );
+    };
     let tmp = std::env::temp_dir().join(format!("lowbit-cli-quantize-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).unwrap();
     for (method, extra) in [
