@@ -90,3 +90,15 @@ __device__ __forceinline__ u64 mix64(u64 z) {
 __device__ __forceinline__ float unit_rand(u64 seed, u64 i) {  // uniform in [-1, 1)
     return (float)(mix64(seed * 0x9e3779b97f4a7c15ull + i) >> 40) * (2.0f / 16777216.0f) - 1.0f;
 }
+
+// End of a one-warp-per-row GEMV: reduce each batch row's partial sums across the warp and let
+// lane 0 store y[b][row].
+template <int B>
+__device__ __forceinline__ void warp_store_rows(float (&acc)[B], float* __restrict__ y, int N, int row) {
+    int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int b = 0; b < B; b++) {
+        float v = warp_sum(acc[b]);
+        if (lane == 0) y[(size_t)b * N + row] = v;
+    }
+}

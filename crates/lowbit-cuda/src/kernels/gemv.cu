@@ -342,11 +342,7 @@ __device__ __forceinline__ void gemv_q8_0(const u16* __restrict__ w, const float
             acc[b] += d * (w0 * a.x + w1 * a.y + w2 * a.z + w3 * a.w);
         }
     }
-#pragma unroll
-    for (int b = 0; b < B; b++) {
-        float v = warp_sum(acc[b]);
-        if (lane == 0) y[(size_t)b * N + row] = v;
-    }
+    warp_store_rows<B>(acc, y, N, row);
 }
 
 // Byte k (0..11) of the Q4_K scale field held in three words, without a local array.
@@ -424,11 +420,7 @@ __device__ __forceinline__ void gemv_q4_k(const u8* __restrict__ w, const float*
             }
         }
     }
-#pragma unroll
-    for (int b = 0; b < B; b++) {
-        float v = warp_sum(acc[b]);
-        if (lane == 0) y[(size_t)b * N + row] = v;
-    }
+    warp_store_rows<B>(acc, y, N, row);
 }
 
 // bf16 weights, row-major [N][K]; each lane reads 8 values per 16-byte load. Requires K % 8 == 0.
@@ -461,11 +453,7 @@ __device__ __forceinline__ void gemv_bf16(const uint4* __restrict__ w, const flo
             acc[b] += p;
         }
     }
-#pragma unroll
-    for (int b = 0; b < B; b++) {
-        float v = warp_sum(acc[b]);
-        if (lane == 0) y[(size_t)b * N + row] = v;
-    }
+    warp_store_rows<B>(acc, y, N, row);
 }
 
 #define GEMV_INSTANCES(B)                                                                                          \

@@ -272,11 +272,7 @@ __device__ __forceinline__ void gemv_f32_rows(const float* __restrict__ w, const
 #pragma unroll
         for (int b = 0; b < B; b++) acc[b] += wv * __ldg(x + (size_t)b * K + k);
     }
-#pragma unroll
-    for (int b = 0; b < B; b++) {
-        float v = warp_sum(acc[b]);
-        if (lane == 0) y[(size_t)b * N + row] = v;
-    }
+    warp_store_rows<B>(acc, y, N, row);
 }
 
 // GGML Q6_K: 210-byte blocks of 256 values: ql[128] (low 4 bits), qh[64] (high 2 bits), 16 int8
@@ -315,11 +311,7 @@ __device__ __forceinline__ void gemv_q6_k_rows(const u8* __restrict__ w, const f
             }
         }
     }
-#pragma unroll
-    for (int b = 0; b < B; b++) {
-        float v = warp_sum(acc[b]);
-        if (lane == 0) y[(size_t)b * N + row] = v;
-    }
+    warp_store_rows<B>(acc, y, N, row);
 }
 
 // Blocks (per lane) whose loads the FP4 GEMVs issue together, for memory parallelism.
@@ -385,11 +377,7 @@ __device__ __forceinline__ void gemv_nvfp4_rows(const u8* __restrict__ w, const 
             }
         }
     }
-#pragma unroll
-    for (int b = 0; b < B; b++) {
-        float v = warp_sum(acc[b]);
-        if (lane == 0) y[(size_t)b * N + row] = v;
-    }
+    warp_store_rows<B>(acc, y, N, row);
 }
 
 // GGML MXFP4: 17 bytes per 32 values = E8M0 exponent e, 16 bytes (byte j: value j low, j + 16
@@ -438,11 +426,7 @@ __device__ __forceinline__ void gemv_mxfp4_rows(const u8* __restrict__ w, const 
             }
         }
     }
-#pragma unroll
-    for (int b = 0; b < B; b++) {
-        float v = warp_sum(acc[b]);
-        if (lane == 0) y[(size_t)b * N + row] = v;
-    }
+    warp_store_rows<B>(acc, y, N, row);
 }
 
 #define MODEL_GEMV_INSTANCES(B)                                                                       \
