@@ -13,6 +13,7 @@ use lowbit_cpu::hadamard::Hadamard;
 use lowbit_cuda::{CudaBackend, GpuHadamard, GpuKvCache, GpuModel};
 use lowbit_model::arch::blocks::FeedForward;
 use lowbit_model::config::from_hf_config;
+use lowbit_model::golden::{self, rel_l2, Golden};
 use lowbit_model::safetensors_dir::open_hf_dir;
 use lowbit_model::{CpuDecoder, Decoder, Transformer};
 
@@ -42,58 +43,30 @@ fn data() -> PathBuf {
         .unwrap_or_else(|| repo().join("../shared/data"))
 }
 
-fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let num: f64 = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| ((*x - *y) as f64).powi(2))
-        .sum();
-    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
-    (num / den).sqrt()
-}
-
-fn read_f32(st: &safetensors::SafeTensors, name: &str) -> Vec<f32> {
-    let t = st.tensor(name).unwrap_or_else(|e| panic!("{name}: {e}"));
-    t.data()
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
-}
-
-fn ids(v: &serde_json::Value, key: &str) -> Vec<u32> {
-    v[key]
-        .as_array()
-        .unwrap_or_else(|| panic!("golden.json lacks {key}"))
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
-
 fn fmt(e: Option<f64>) -> String {
     e.map_or("-".into(), |e| format!("{e:.2e}"))
 }
 
-fn load_golden(arch: &str) -> (Transformer, serde_json::Value, Vec<u8>) {
+fn load_golden(arch: &str) -> (Transformer, Golden) {
     let dir = repo().join("tests/fixtures/golden").join(arch);
     let (cfg_json, weights) = open_hf_dir(&dir).unwrap_or_else(|e| panic!("{e}"));
     let config = from_hf_config(&cfg_json, &dir.join("config.json")).unwrap();
     let model = Transformer::load(config, &weights).unwrap();
-    let meta = serde_json::from_slice(&std::fs::read(dir.join("golden.json")).unwrap()).unwrap();
-    let golden = std::fs::read(dir.join("golden.safetensors")).unwrap();
-    (model, meta, golden)
+    (model, golden::load(&dir).unwrap_or_else(|e| panic!("{e}")))
 }
 
 /// Prefill then 4 decode steps on the GPU: against transformers' logits (unless the model was
-/// changed, `golden` = None) and against the CPU runner on the same model.
-fn check(
-    be: &CudaBackend,
-    name: &str,
-    model: &Transformer,
-    meta: &serde_json::Value,
-    golden: Option<&[u8]>,
-) {
-    check_with(be, name, model, meta, golden, GpuKvCache::Bf16, BOUND)
+/// changed: `vs_transformers` false) and against the CPU runner on the same model.
+fn check(be: &CudaBackend, name: &str, model: &Transformer, fx: &Golden, vs_transformers: bool) {
+    check_with(
+        be,
+        name,
+        model,
+        fx,
+        vs_transformers,
+        GpuKvCache::Bf16,
+        BOUND,
+    )
 }
 
 fn check_pair(
@@ -101,23 +74,23 @@ fn check_pair(
     name: &str,
     model: &Transformer,
     cpu_model: &Transformer,
-    meta: &serde_json::Value,
+    fx: &Golden,
     kv: GpuKvCache,
     bound: f64,
 ) {
-    check_full(be, name, model, cpu_model, meta, None, kv, bound)
+    check_full(be, name, model, cpu_model, fx, false, kv, bound)
 }
 
 fn check_with(
     be: &CudaBackend,
     name: &str,
     model: &Transformer,
-    meta: &serde_json::Value,
-    golden: Option<&[u8]>,
+    fx: &Golden,
+    vs_transformers: bool,
     kv: GpuKvCache,
     bound: f64,
 ) {
-    check_full(be, name, model, model, meta, golden, kv, bound)
+    check_full(be, name, model, model, fx, vs_transformers, kv, bound)
 }
 
 /// `model` on the GPU against `cpu_model` on the CPU (the same model, or the same values in
@@ -128,25 +101,21 @@ fn check_full(
     name: &str,
     model: &Transformer,
     cpu_model: &Transformer,
-    meta: &serde_json::Value,
-    golden: Option<&[u8]>,
+    fx: &Golden,
+    vs_transformers: bool,
     kv: GpuKvCache,
     bound: f64,
 ) {
-    let prefill = ids(meta, "prefill_ids");
-    let decode = ids(meta, "decode_ids");
+    let (prefill, decode) = (&fx.prefill_ids, &fx.decode_ids);
     let vocab = model.config.vocab_size;
     let cap = prefill.len() + decode.len();
     let mut gpu = GpuModel::upload_with_cache(be, model, cap, kv).unwrap();
     let mut cpu = CpuDecoder::new(cpu_model, cap);
     println!("{name}: layouts {:?}", gpu.formats());
-    let st = golden.map(|g| safetensors::SafeTensors::deserialize(g).unwrap());
-    let g = gpu.forward(&prefill, 0).unwrap();
-    let c = cpu.forward(&prefill, 0).unwrap();
+    let g = gpu.forward(prefill, 0).unwrap();
+    let c = cpu.forward(prefill, 0).unwrap();
     let e_cpu = rel_l2(&g, &c);
-    let e_gold = st
-        .as_ref()
-        .map(|st| rel_l2(&g, &read_f32(st, "prefill_logits")));
+    let e_gold = vs_transformers.then(|| rel_l2(&g, &fx.prefill_logits));
     println!(
         "{name}: prefill {} tokens: vs CPU {e_cpu:.2e}, vs transformers {}",
         prefill.len(),
@@ -161,12 +130,8 @@ fn check_full(
         let g = gpu.forward(&[t], 0).unwrap();
         let c = cpu.forward(&[t], 0).unwrap();
         let e_cpu = rel_l2(&g, &c);
-        let e_gold = st.as_ref().map(|st| {
-            rel_l2(
-                &g,
-                &read_f32(st, "decode_logits")[i * vocab..(i + 1) * vocab],
-            )
-        });
+        let e_gold =
+            vs_transformers.then(|| rel_l2(&g, &fx.decode_logits[i * vocab..(i + 1) * vocab]));
         println!(
             "{name}: decode {i}: vs CPU {e_cpu:.2e}, vs transformers {}",
             fmt(e_gold)
@@ -179,7 +144,7 @@ fn check_full(
     }
     // A reset starts a new sequence: the first prefill again.
     gpu.reset();
-    let again = gpu.forward(&prefill, prefill.len() - 1).unwrap();
+    let again = gpu.forward(prefill, prefill.len() - 1).unwrap();
     let first = &g;
     assert_eq!(again.len(), vocab);
     assert!(first.iter().all(|v| v.is_finite()));
@@ -189,8 +154,8 @@ fn check_full(
 fn golden_architectures_match_transformers_and_cpu() {
     let Some(be) = backend() else { return };
     for arch in ["llama", "llama_tied", "mistral", "qwen2", "qwen3", "gemma3"] {
-        let (model, meta, golden) = load_golden(arch);
-        check(&be, arch, &model, &meta, Some(&golden));
+        let (model, fx) = load_golden(arch);
+        check(&be, arch, &model, &fx, true);
     }
 }
 
@@ -202,22 +167,14 @@ fn golden_architectures_match_transformers_and_cpu() {
 fn fp8_kv_cache_matches_the_cpu_fp8_cache() {
     let Some(be) = backend() else { return };
     for arch in ["llama", "qwen3", "gemma3"] {
-        let (mut model, meta, golden) = load_golden(arch);
+        let (mut model, fx) = load_golden(arch);
         model.config.kv_cache = Some(lowbit_cpu::attention::KvCacheSpec {
             dtype: lowbit_cpu::attention::KvDtype::Fp8,
             rotation_seed: None,
         });
         let name = format!("{arch} fp8 KV");
-        check_with(&be, &name, &model, &meta, None, GpuKvCache::Fp8, 2e-2);
-        check_with(
-            &be,
-            &name,
-            &model,
-            &meta,
-            Some(&golden),
-            GpuKvCache::Fp8,
-            0.15,
-        );
+        check_with(&be, &name, &model, &fx, false, GpuKvCache::Fp8, 2e-2);
+        check_with(&be, &name, &model, &fx, true, GpuKvCache::Fp8, 0.15);
     }
 }
 
@@ -225,7 +182,7 @@ fn fp8_kv_cache_matches_the_cpu_fp8_cache() {
 fn online_rotation_runs_like_the_cpu() {
     let Some(be) = backend() else { return };
     for arch in ["llama", "gemma3"] {
-        let (mut model, meta, _) = load_golden(arch);
+        let (mut model, fx) = load_golden(arch);
         // Rotating only the down projection's input changes the model, identically on both.
         let h = Arc::new(Hadamard::new(model.config.intermediate_size, 11).unwrap());
         for l in model.layers.iter_mut() {
@@ -233,7 +190,7 @@ fn online_rotation_runs_like_the_cpu() {
                 m.down_rotation = Some(h.clone());
             }
         }
-        check(&be, &format!("{arch}+R4"), &model, &meta, None);
+        check(&be, &format!("{arch}+R4"), &model, &fx, false);
     }
 }
 
@@ -248,8 +205,8 @@ fn w8a8_activation_quantization_runs_like_the_cpu() {
     let Some(be) = backend() else { return };
     for act in [ActQuant::Int8, ActQuant::Fp8E4M3] {
         for arch in ["llama", "gemma3"] {
-            let (mut model, meta, _) = load_golden(arch);
-            let prefill = ids(&meta, "prefill_ids");
+            let (mut model, fx) = load_golden(arch);
+            let prefill = fx.prefill_ids;
             let exact = CpuDecoder::new(&model, prefill.len())
                 .forward(&prefill, 0)
                 .unwrap();
@@ -312,7 +269,7 @@ fn w8a8_quantizer_is_bit_identical_to_the_cpu() {
 #[test]
 fn mixture_of_experts_is_a_clear_error() {
     let Some(be) = backend() else { return };
-    let (model, _, _) = load_golden("mixtral");
+    let (model, _) = load_golden("mixtral");
     let e = GpuModel::upload(&be, &model, 8)
         .err()
         .expect("MoE must be refused");
@@ -568,10 +525,12 @@ fn every_native_layout_runs_in_a_model_like_the_cpu() {
         assert!(layouts.contains(&want), "{want} not used: {layouts:?}");
     }
     drop(gpu);
-    let meta = serde_json::json!({
-        "prefill_ids": (0..37).map(|i| (i * 7 + 3) % 300).collect::<Vec<_>>(),
-        "decode_ids": [5, 77, 123, 299],
-    });
+    let fx = Golden {
+        prefill_ids: (0..37).map(|i| (i * 7 + 3) % 300).collect(),
+        decode_ids: vec![5, 77, 123, 299],
+        prefill_logits: Vec::new(),
+        decode_logits: Vec::new(),
+    };
     // The GPU decodes the weights exactly and keeps f32 activations: compare it with the CPU
     // running the same values in f32.
     check_pair(
@@ -579,7 +538,7 @@ fn every_native_layout_runs_in_a_model_like_the_cpu() {
         "quantized llama",
         &model,
         &exact,
-        &meta,
+        &fx,
         GpuKvCache::Bf16,
         BOUND,
     );

@@ -8,6 +8,7 @@ pub mod error;
 pub mod gguf;
 pub mod gguf_model;
 pub mod gguf_write;
+pub mod golden;
 pub mod hub;
 pub mod llama2c;
 pub mod safetensors_dir;

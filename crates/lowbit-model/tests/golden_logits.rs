@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use lowbit_model::config::from_hf_config;
+use lowbit_model::golden::{self, rel_l2};
 use lowbit_model::safetensors_dir::open_hf_dir;
 use lowbit_model::Transformer;
 
@@ -14,35 +15,6 @@ fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/golden")
 }
 
-fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let num: f64 = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| ((*x - *y) as f64).powi(2))
-        .sum();
-    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
-    (num / den).sqrt()
-}
-
-fn read_f32(st: &safetensors::SafeTensors, name: &str) -> Vec<f32> {
-    let t = st.tensor(name).unwrap_or_else(|e| panic!("{name}: {e}"));
-    assert_eq!(t.dtype(), safetensors::Dtype::F32);
-    t.data()
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
-}
-
-fn ids(v: &serde_json::Value, key: &str) -> Vec<u32> {
-    v[key]
-        .as_array()
-        .unwrap_or_else(|| panic!("golden.json lacks {key}"))
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
-
 fn check_arch(arch: &str) {
     let dir = fixtures().join(arch);
     let (cfg_json, weights) = open_hf_dir(&dir).unwrap_or_else(|e| panic!("{e}"));
@@ -50,14 +22,9 @@ fn check_arch(arch: &str) {
         from_hf_config(&cfg_json, &dir.join("config.json")).unwrap_or_else(|e| panic!("{e}"));
     let vocab = config.vocab_size;
     let model = Transformer::load(config, &weights).unwrap_or_else(|e| panic!("{arch}: {e}"));
-    let meta: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("golden.json")).unwrap()).unwrap();
-    let bytes = std::fs::read(dir.join("golden.safetensors")).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let prefill = ids(&meta, "prefill_ids");
-    let decode = ids(&meta, "decode_ids");
-    let want_prefill = read_f32(&st, "prefill_logits");
-    let want_decode = read_f32(&st, "decode_logits");
+    let g = golden::load(&dir).unwrap_or_else(|e| panic!("{e}"));
+    let (prefill, decode) = (g.prefill_ids, g.decode_ids);
+    let (want_prefill, want_decode) = (g.prefill_logits, g.decode_logits);
 
     let mut state = model.new_state(prefill.len() + decode.len());
     let got = model.forward(&mut state, &prefill, 0).unwrap();

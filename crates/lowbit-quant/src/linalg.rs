@@ -379,7 +379,7 @@ mod tests {
     fn blocked_factorizations_match_unblocked() {
         let n = 301;
         let x: Vec<f32> = (0..(n + 40) * n)
-            .map(|i| ((i as f32 * 0.61).sin() + (i % 7) as f32 * 0.1))
+            .map(|i| (i as f32 * 0.61).sin() + (i % 7) as f32 * 0.1)
             .collect();
         let mut h = vec![0f64; n * n];
         add_gram(&mut h, &x, n);

@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use lowbit_formats::GgmlType;
+use lowbit_model::golden::rel_l2;
 use lowbit_model::{Backing, ModelConfig, TensorEntry, Transformer, WeightStore};
 use lowbit_quant::pipeline::{default_ignore, plan, quantize_model, quantize_streaming};
 use lowbit_quant::rotate::rotate_model;
@@ -33,41 +34,9 @@ fn logits(m: &Transformer, seqs: &[Vec<u32>]) -> Vec<f32> {
     out
 }
 
-/// ‖a − b‖ / ‖b‖.
-fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let n: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
-    let d: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
-    (n / d).sqrt()
-}
-
 fn golden_tokens_and_logits(dir: &Path) -> (Vec<u32>, Vec<f32>) {
-    let g: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("golden.json")).unwrap()).unwrap();
-    let ids: Vec<u32> = g["prefill_ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap() as u32)
-        .collect();
-    let bytes = std::fs::read(dir.join("golden.safetensors")).unwrap();
-    let st = safetensors_view(&bytes, "prefill_logits");
-    (ids, st)
-}
-
-/// One F32 tensor of a safetensors file (enough for the golden logits).
-fn safetensors_view(bytes: &[u8], name: &str) -> Vec<f32> {
-    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    let h: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
-    let off = h[name]["data_offsets"].as_array().unwrap();
-    let (a, b) = (
-        off[0].as_u64().unwrap() as usize,
-        off[1].as_u64().unwrap() as usize,
-    );
-    bytes[8 + n + a..8 + n + b]
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-        .collect()
+    let g = lowbit_model::golden::load(dir).unwrap_or_else(|e| panic!("{e}"));
+    (g.prefill_ids, g.prefill_logits)
 }
 
 #[test]
